@@ -1,0 +1,126 @@
+"""Checkpoints: safetensors tensors + a JSON header, written atomically, validated on load.
+
+One ``.safetensors`` file holds the weights (and, for training checkpoints, any other tensors: EMA, optimiser
+moments, RNG state) with the planner config and normaliser stats in its metadata header. safetensors never
+executes code from the file, so a downloaded checkpoint cannot run anything; a foreign, truncated or
+mismatched file becomes a one-line ``CheckpointError``. Files are written to a temporary sibling, fsynced and
+renamed, so a crash leaves either the old checkpoint or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from sodp_fast.errors import CheckpointError
+from sodp_fast.policy import DiffusionPlanner, PlannerConfig
+
+FORMAT = "sodp_fast.checkpoint"
+VERSION = 1
+_MODEL_PREFIX = "planner."
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp_path)`` then fsync and rename onto ``path`` (same directory, so the rename is atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    header = {"format": FORMAT, "version": str(VERSION), "meta": json.dumps(meta)}
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=header))
+
+
+def load_tensors(path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a sodp_fast checkpoint (no '{FORMAT}' header)")
+    if int(header.get("version", -1)) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint format v{header['version']} is newer than this sodp_fast (v{VERSION})")
+    try:
+        meta = json.loads(header["meta"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt checkpoint header ({e})") from None
+    return tensors, meta
+
+
+def save_planner(path, planner: DiffusionPlanner, meta: dict | None = None,
+                 extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Weights, normaliser stats (both in the state dict) and config; ``meta`` and ``extra_tensors`` carry
+    whatever a training driver needs to resume (kept under their own names, never mixed with the weights)."""
+    tensors = {_MODEL_PREFIX + k: v for k, v in planner.state_dict().items()}
+    for k, v in (extra_tensors or {}).items():
+        if k.startswith(_MODEL_PREFIX):
+            raise ValueError(f"extra tensor name {k!r} collides with the planner's weights")
+        tensors[k] = v
+    save_tensors(path, tensors, {"planner_config": planner.config.to_dict(), **(meta or {})})
+
+
+def planner_state(path, tensors: dict, meta: dict) -> tuple[PlannerConfig, dict[str, torch.Tensor]]:
+    if "planner_config" not in meta:
+        raise CheckpointError(f"{path}: checkpoint has no planner config")
+    try:
+        config = PlannerConfig.from_dict(meta["planner_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid planner config ({e})") from None
+    state = {k[len(_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)}
+    return config, state
+
+
+def load_state_checked(path, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``load_state_dict`` with a one-line error naming the first missing, unexpected or mis-shaped tensor."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CheckpointError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} in all)")
+    for k, v in expected.items():
+        if state[k].shape != v.shape:
+            raise CheckpointError(f"{path}: tensor {k!r} has shape {tuple(state[k].shape)}, "
+                                  f"expected {tuple(v.shape)}")
+        if not torch.isfinite(state[k]).all():
+            raise CheckpointError(f"{path}: tensor {k!r} contains NaN or inf")
+    module.load_state_dict(state)
+
+
+def load_planner(path, device: str | torch.device = "cpu",
+                 expect: dict | None = None) -> tuple[DiffusionPlanner, dict, dict[str, torch.Tensor]]:
+    """Returns (planner, meta, tensors). ``expect`` (e.g. ``{"obs_dim": 39, "action_dim": 4}``) names config
+    fields the caller needs; a checkpoint that differs is rejected with the field named."""
+    tensors, meta = load_tensors(path)
+    config, state = planner_state(path, tensors, meta)
+    for k, v in (expect or {}).items():
+        if getattr(config, k) != v:
+            raise CheckpointError(f"{path}: checkpoint has {k}={getattr(config, k)}, but {v} is needed here")
+    planner = DiffusionPlanner(config)
+    load_state_checked(path, planner, state)
+    return planner.to(device), meta, tensors

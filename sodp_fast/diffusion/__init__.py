@@ -1,0 +1,1 @@
+"""Noise schedule, training loss and DDIM sampler: the numerically exact diffusion core."""

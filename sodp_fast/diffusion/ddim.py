@@ -1,0 +1,119 @@
+"""DDIM sampler that returns the whole denoising chain and the log-prob of every transition.
+
+Fine-tuning treats the S-step chain as an MDP (paper Eq. 9): each step is a Gaussian policy step, so the
+sampler must (a) draw x_prev from exactly the density whose log-prob it reports and (b) let the PPO update
+recompute that log-prob for a stored chain under new parameters (``chain_log_prob``).
+
+Choices, and why:
+* **Timesteps** are "trailing": K−1, K−1−K/S, …, K/S−1, and the last step goes to ᾱ = 1 (the clean sample).
+  The chain then starts at ᾱ_{K−1} ≈ 2e−7, i.e. from pure noise as its prior N(0, I) assumes; the "leading"
+  spacing (90 … 0 for K = 100) would start at ᾱ = 0.02 from a prior that does not match.
+* **η** scales the DDIM variance σ_t² = η² (1−ᾱ_prev)/(1−ᾱ_t) (1 − ᾱ_t/ᾱ_prev). Fine-tuning uses η = 1.
+* **Std floor σ_min = 0.1.** With η = 1 the last transition (to ᾱ = 1) has σ = 0 and the one before it
+  σ ≈ 0.01, so those steps would have no (or a needle-sharp) density and their PPO ratios would explode. Each
+  step's std is max(σ_t, σ_min), applied both when sampling and in the log-prob, so the reported density is the
+  one sampled from. 0.1 is 5 % of the [−1, 1] action range: the same value DPPO uses, large enough to keep
+  log-probs in a range where float32 ratios are exact to ~1e−6 per unit of log-ratio, small enough that the
+  extra action noise is below what Meta-World's controllers react to. The mean keeps the unfloored σ_t, so at
+  σ_min = 0 the sampler is plain DDIM.
+* **Deterministic mode** (evaluation) is DDIM with η = 0 and no noise: the probability-flow sampler, which maps
+  the initial noise x_K to an action deterministically. Seed the generator for repeatable evaluations.
+* **Log-probs sum over all Tp × A dims** of the latent, not only the Ta executed actions: the MDP action of
+  Eq. 9 is the whole latent a^{k−1}, and the next denoising step depends on all of it, so only the full sum is
+  the exact likelihood ratio of the chain. (DPPO sums over the executed actions only, which drops those terms.)
+* **x̂0 is clipped** to the action bounds [−clip, clip] (Meta-World actions live in [−1, 1]); ``clip=None``
+  disables it (needed for unbounded data such as the Gaussian known-answer test).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sodp_fast.diffusion.schedule import NoiseSchedule
+from sodp_fast.ops.ddim_step import NUM_COEF, ddim_logprob, ddim_step
+
+
+@dataclass
+class DDIMChain:
+    """``latents[:, 0]`` is x_K (noise), ``latents[:, -1]`` the clean sample; ``log_probs[:, i]`` is the
+    log-prob of ``latents[:, i] → latents[:, i + 1]``."""
+
+    latents: torch.Tensor  # [B, S + 1, Tp, A]
+    log_probs: torch.Tensor  # [B, S]
+
+    @property
+    def sample(self) -> torch.Tensor:
+        return self.latents[:, -1]
+
+
+class DDIMSampler:
+    def __init__(self, schedule: NoiseSchedule, num_steps: int = 10, eta: float = 1.0, std_min: float = 0.1,
+                 clip: float | None = 1.0):
+        K = schedule.num_timesteps
+        if not 1 <= num_steps <= K or K % num_steps:
+            raise ValueError(f"num_steps must divide the {K} timesteps, got {num_steps}")
+        if eta < 0 or std_min < 0:
+            raise ValueError("eta and std_min must be >= 0")
+        self.schedule, self.num_steps, self.eta, self.std_min, self.clip = schedule, num_steps, eta, std_min, clip
+        stride = K // num_steps
+        self.timesteps = torch.arange(K - 1, -1, -stride)  # [S]: 99, 89, …, 9
+        self.coef = self.step_coefficients(eta, std_min)  # [S, 6] float64
+        self.coef_deterministic = self.step_coefficients(0.0, 0.0)
+
+    def step_coefficients(self, eta: float, std_min: float) -> torch.Tensor:
+        ab = self.schedule.alphas_cumprod
+        a_t = ab[self.timesteps]
+        a_prev = torch.cat([ab[self.timesteps[1:]], torch.ones(1, dtype=ab.dtype)])
+        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
+        coef = torch.stack([1 / a_t.sqrt(), (1 - a_t).sqrt(), a_prev.sqrt(),
+                            (1 - a_prev - sigma**2).clamp(min=0).sqrt(), sigma.clamp(min=std_min), a_t.sqrt()], 1)
+        assert coef.shape == (self.num_steps, NUM_COEF)
+        return coef
+
+    @torch.no_grad()
+    def sample(self, model, cond: torch.Tensor, shape: tuple[int, int], deterministic: bool = False,
+               generator: torch.Generator | None = None, x_init: torch.Tensor | None = None,
+               noise: torch.Tensor | None = None, backend: str | None = None) -> DDIMChain:
+        """Draw B = cond.shape[0] chains of latents of ``shape`` = (Tp, A).
+
+        ``x_init`` [B, Tp, A] and ``noise`` [B, S, Tp, A] replace the random draws (used by tests and by the
+        CUDA-graph sampler, which fills static buffers).
+        """
+        b, dev = cond.shape[0], cond.device
+        dtype = cond.dtype if cond.is_floating_point() else torch.float32
+        x = x_init if x_init is not None else torch.randn((b, *shape), device=dev, dtype=dtype, generator=generator)
+        if noise is None and not deterministic:
+            noise = torch.randn((b, self.num_steps, *shape), device=dev, dtype=dtype, generator=generator)
+        coef = (self.coef_deterministic if deterministic else self.coef).to(device=dev, dtype=dtype)
+        latents, log_probs = [x], []
+        for i, k in enumerate(self.timesteps.tolist()):
+            eps = model(x, torch.full((b,), k, device=dev, dtype=torch.long), cond)
+            x, logp = ddim_step(x, eps, None if deterministic else noise[:, i], coef[i], self.clip, backend)
+            latents.append(x)
+            log_probs.append(logp)
+        return DDIMChain(torch.stack(latents, 1), torch.stack(log_probs, 1))
+
+    def chain_log_prob(self, model, cond: torch.Tensor, latents: torch.Tensor, steps: torch.Tensor | None = None,
+                       backend: str | None = None) -> torch.Tensor:
+        """Log-probs of stored transitions under the current ``model`` (the PPO path), differentiable.
+
+        ``latents`` [B, S + 1, Tp, A] with ``steps=None`` gives [B, S] for whole chains in one batched U-Net
+        call over B × S; or pass per-row transitions ``latents`` [N, 2, Tp, A] with their step indices
+        ``steps`` [N] (a minibatch drawn jointly over chains × steps) to get [N].
+        """
+        if steps is None:
+            b, s1 = latents.shape[:2]
+            if s1 != self.num_steps + 1:
+                raise ValueError(f"expected chains of {self.num_steps + 1} latents, got {s1}")
+            steps = torch.arange(self.num_steps, device=latents.device).repeat(b)
+            x_t, x_prev = latents[:, :-1].flatten(0, 1), latents[:, 1:].flatten(0, 1)
+            cond = cond.repeat_interleave(self.num_steps, 0)
+            return self._transition_log_prob(model, cond, x_t, x_prev, steps, backend).view(b, self.num_steps)
+        return self._transition_log_prob(model, cond, latents[:, 0], latents[:, 1], steps, backend)
+
+    def _transition_log_prob(self, model, cond, x_t, x_prev, steps, backend):
+        k = self.timesteps.to(steps.device)[steps]
+        eps = model(x_t, k, cond)
+        coef = self.coef.to(device=x_t.device, dtype=x_t.dtype)[steps]
+        return ddim_logprob(x_t, eps, x_prev, coef, self.clip, backend)

@@ -1,0 +1,1 @@
+"""Networks: the conditional 1-D U-Net noise model."""

@@ -1,0 +1,51 @@
+"""Thin typed wrapper over the compiled extension ``sodp_fast._cuda_ext``.
+
+The extension is built against the CUDA runtime only, never against torch, so it works with any CUDA build of
+torch: this wrapper checks device, dtype and layout on the Python side and passes raw device pointers plus the
+current stream (which also makes every launch legal inside CUDA-graph capture).
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+try:
+    _ext = importlib.import_module("sodp_fast._cuda_ext")
+
+    _IMPORT_ERROR = None
+except ImportError as e:  # built without nvcc, or with SODP_NO_CUDA=1
+    _ext = None
+    _IMPORT_ERROR = str(e)
+
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def available() -> bool:
+    return _ext is not None
+
+
+def import_error() -> str | None:
+    return _IMPORT_ERROR
+
+
+def ext():
+    if _ext is None:
+        raise RuntimeError(f"sodp_fast CUDA extension is not built: {_IMPORT_ERROR}. "
+                           "Reinstall with nvcc on PATH (and without SODP_NO_CUDA=1).")
+    return _ext
+
+
+def check(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> int:
+    """Pointer of a contiguous CUDA tensor, with a one-line error for anything else."""
+    if not t.is_cuda:
+        raise RuntimeError(f"{name}: the cuda backend needs CUDA tensors, got device {t.device}")
+    if not t.is_contiguous():
+        raise RuntimeError(f"{name}: the cuda backend needs a contiguous tensor")
+    if dtype is not None and t.dtype != dtype:
+        raise RuntimeError(f"{name}: expected {dtype}, got {t.dtype}")
+    return t.data_ptr()
+
+
+def stream() -> int:
+    return torch.cuda.current_stream().cuda_stream
