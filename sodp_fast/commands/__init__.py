@@ -1,0 +1,1 @@
+"""One module per ``sodp`` command, each with ``add_parser(subparsers)``."""

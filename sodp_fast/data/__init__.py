@@ -1,0 +1,1 @@
+"""Multi-task transition datasets: on-disk format, generation, MTDiff import, training windows."""

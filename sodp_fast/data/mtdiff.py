@@ -1,0 +1,98 @@
+"""Import the public MTDiff / HarmoDT Meta-World data into our format.
+
+That data (what the paper pre-trains on) is one ``.npz`` per episode with keys ``observations`` [T, 39],
+``actions`` [T, 4], ``rewards`` [T] and ``terminals`` (some copies ``dones``), stored as
+``<root>/<task>/<i>.npz`` or ``<root>/<task>/<sub>/dataset/*.npz``, with ``-v2`` task names that map
+one-to-one to the ``-v3`` names.  It has no success flags; if an episode file has a ``success`` or
+``successes`` array it is used, otherwise episodes are recorded as unsuccessful and the task's settings
+say ``success_known: false``.
+
+    sodp data import-mtdiff SRC --out DIR
+"""
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from sodp_fast.data.format import DataFormatError, TaskData, check_finite, write_manifest, write_task
+from sodp_fast.envs.metaworld import ACTION_DIM, OBS_DIM
+from sodp_fast.envs.tasks import canonical_task, resolve_tasks
+
+
+def _natural_key(path: Path):
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", str(path))]
+
+
+def find_episode_files(root) -> dict[str, list[Path]]:
+    """Map each -v3 task name to its episode files, in natural order, for both known layouts."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataFormatError(f"{root}: not a directory")
+    found: dict[str, list[Path]] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(list(folder.glob("*.npz")) + list(folder.glob("*/dataset/*.npz")), key=_natural_key)
+        if files:
+            task = canonical_task(folder.name)
+            if task in found:
+                raise DataFormatError(f"{folder}: a second folder for task {task}")
+            found[task] = files
+    if not found:
+        raise DataFormatError(f"{root}: no <task>/*.npz or <task>/*/dataset/*.npz episode files")
+    return found
+
+
+def _read_episode(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool | None]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataFormatError(f"{path}: unreadable or truncated .npz ({e})") from None
+    missing = [k for k in ("observations", "actions", "rewards") if k not in arrays]
+    if missing:
+        raise DataFormatError(f"{path}: missing key(s) {', '.join(missing)} (has {', '.join(sorted(arrays))})")
+    obs, act, rew = arrays["observations"], arrays["actions"], np.reshape(arrays["rewards"], -1)
+    if obs.ndim != 2 or obs.shape[1] != OBS_DIM:
+        raise DataFormatError(f"{path}: observations have shape {list(obs.shape)}, expected [T, {OBS_DIM}]")
+    if act.ndim != 2 or act.shape[1] != ACTION_DIM:
+        raise DataFormatError(f"{path}: actions have shape {list(act.shape)}, expected [T, {ACTION_DIM}]")
+    if len(obs) == len(act) + 1:  # some copies keep the final observation
+        obs = obs[:-1]
+    if not (len(obs) == len(act) == len(rew)) or len(act) == 0:
+        raise DataFormatError(f"{path}: {len(obs)} observations, {len(act)} actions, {len(rew)} rewards")
+    for name, a in (("observations", obs), ("actions", act), ("rewards", rew)):
+        check_finite(f"{path}:{name}", np.asarray(a, np.float64))
+    flag = arrays.get("success", arrays.get("successes"))
+    return obs, act, rew, None if flag is None else bool(np.any(flag))
+
+
+def read_mtdiff_task(task: str, files: list[Path]) -> tuple[TaskData, bool]:
+    """Concatenate one task's episode files; returns the data and whether success flags were present."""
+    episodes = [_read_episode(f) for f in files]
+    ends = np.cumsum([len(e[1]) for e in episodes]).astype(np.int64)
+    success = np.array([bool(e[3]) for e in episodes])
+    data = TaskData(task, np.concatenate([e[0] for e in episodes]).astype(np.float32),
+                    np.concatenate([e[1] for e in episodes]).astype(np.float32),
+                    np.concatenate([e[2] for e in episodes]).astype(np.float32), ends, success)
+    return data, all(e[3] is not None for e in episodes)
+
+
+def import_mtdiff(src, out, tasks: list[str] | None = None, progress: bool = True) -> dict:
+    """Convert an MTDiff/HarmoDT tree at ``src`` into a dataset at ``out``; returns the manifest."""
+    from tqdm import tqdm
+
+    found = find_episode_files(src)
+    if tasks is not None:
+        wanted = resolve_tasks(tasks)
+        missing = [t for t in wanted if t not in found]
+        if missing:
+            raise DataFormatError(f"{src}: no episode files for {', '.join(missing)}")
+        found = {t: found[t] for t in wanted}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for task, files in tqdm(found.items(), desc="import", unit="task", disable=not progress):
+        data, success_known = read_mtdiff_task(task, files)
+        write_task(out, data, {"source": "mtdiff", "src": str(Path(src) / task), "success_known": success_known})
+    return write_manifest(out, {"source": "mtdiff", "src": str(src), "tasks": list(found)})
