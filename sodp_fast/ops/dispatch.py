@@ -2,9 +2,11 @@
 
 Each op module registers its implementations here under an op name; callers ask for an op by name and a
 backend. ``auto`` walks ``AUTO_PREFERENCE`` for the tensor's device and takes the first backend that is
-present and registered, so a CPU-only install always lands on the PyTorch reference. The order on CUDA
-devices is the one measured fastest by ``benchmarks/bench_ops.py`` (see ``profiles/``); it is a plain list so
-a measurement that says otherwise changes one line.
+present and registered, so a CPU-only install always lands on the PyTorch reference (the Triton interpreter
+is for tests only, never picked by ``auto``). The order on CUDA devices is NOT yet measured: it is the prior
+that a fused kernel (one launch, one pass over memory) beats eager PyTorch's chain of ~5–15 launches on these
+small, launch-bound tensors. ``benchmarks/bench_ops.py`` prints the fastest backend per op on a GPU; it is a
+plain list so a measurement that says otherwise changes one line.
 """
 from __future__ import annotations
 

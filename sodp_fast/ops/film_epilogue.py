@@ -3,6 +3,17 @@
 Diffusion Policy's ConditionalResidualBlock1D runs conv → GroupNorm → Mish, then FiLM on the first block's
 output and the residual add on the second's; every elementwise stage after the convolution is one memory pass
 in eager PyTorch. This op is that whole epilogue, so a fused kernel reads the conv output once and writes once.
+
+Triton backend: one program per (batch, group) holds the group's C/G × T values in registers (384 values for the
+paper's widths at Tp = 12), so the statistics, normalisation, Mish, FiLM and residual add are one read of h and
+one write. The backward recomputes the forward from h and the saved per-group mean/rstd (nothing else saved) and
+in one pass writes ∂h, ∂scale, ∂shift and per-batch partials of ∂gn_weight, ∂gn_bias (summed over the batch by
+one small reduction: a cross-program sum with no atomics, so results are deterministic). ∂residual is the
+incoming gradient itself. Mish is x·tanh(softplus(x)) written as x·n/(n + 2), n = eˣ(eˣ + 2), with eˣ capped
+at e²⁰ — exact to float32 rounding on both tails and free of libdevice tanh.
+
+Tolerances against a float64 reference (‖out − ref‖/‖ref‖), forward and every gradient: float32 ≲ 1e-5, bf16
+≲ 1e-2 (statistics and arithmetic in float32 for any input dtype).
 """
 from __future__ import annotations
 
@@ -10,6 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from sodp_fast.ops.dispatch import get, register
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the reference still works; dispatch reports triton as absent
+    triton = tl = None
 
 
 @register("film_epilogue", "torch")
@@ -21,6 +38,136 @@ def film_epilogue_torch(h, gn_weight, gn_bias, num_groups, scale=None, shift=Non
     if residual is not None:
         y = y + residual
     return y
+
+
+if triton is not None:
+
+    @triton.jit
+    def _mish_parts(y):
+        """(tanh(softplus(y)), sigmoid(y)) without tanh: with e = exp(y), tanh(log(1 + e)) = n/(n + 2), n = e(e + 2)."""
+        e = tl.exp(tl.minimum(y, 20.0))
+        n = e * (e + 2.0)
+        return n / (n + 2.0), e / (1.0 + e)
+
+    @triton.jit
+    def _group_tile(pid, G, CG, T, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+        """(batch, channel ids [BLOCK_C], time ids [BLOCK_T], channel mask, tile mask) of program ``pid``."""
+        b = pid // G
+        cc = tl.arange(0, BLOCK_C)
+        ch = (pid % G) * CG + cc
+        ts = tl.arange(0, BLOCK_T)
+        cm = cc < CG
+        return b, ch, ts, cm, cm[:, None] & (ts < T)[None, :]
+
+    @triton.jit
+    def _film_fwd_kernel(h_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, out_ptr, mean_ptr, rstd_ptr,
+                         C, T, G, CG, sh0, sh1, sh2, ss0, ss1, st0, st1, sr0, sr1, sr2, eps,
+                         HAS_FILM: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_C: tl.constexpr,
+                         BLOCK_T: tl.constexpr):
+        pid = tl.program_id(0)
+        b, ch, ts, cm, mask = _group_tile(pid, G, CG, T, BLOCK_C, BLOCK_T)
+        h = tl.load(h_ptr + b * sh0 + ch[:, None] * sh1 + ts[None, :] * sh2, mask=mask, other=0.0).to(tl.float32)
+        count = CG * T
+        mean = tl.sum(tl.sum(h, axis=1), axis=0) / count
+        diff = tl.where(mask, h - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(diff * diff, axis=1), axis=0) / count + eps)
+        w = tl.load(w_ptr + ch, mask=cm, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + ch, mask=cm, other=0.0).to(tl.float32)
+        y = diff * rstd * w[:, None] + bias[:, None]
+        t, _ = _mish_parts(y)
+        out = y * t
+        if HAS_FILM:
+            scale = tl.load(scale_ptr + b * ss0 + ch * ss1, mask=cm, other=0.0).to(tl.float32)
+            shift = tl.load(shift_ptr + b * st0 + ch * st1, mask=cm, other=0.0).to(tl.float32)
+            out = out * scale[:, None] + shift[:, None]
+        if HAS_RES:
+            out += tl.load(res_ptr + b * sr0 + ch[:, None] * sr1 + ts[None, :] * sr2, mask=mask,
+                           other=0.0).to(tl.float32)
+        tl.store(out_ptr + (b * C + ch[:, None]) * T + ts[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(mean_ptr + pid, mean)
+        tl.store(rstd_ptr + pid, rstd)
+
+    @triton.jit
+    def _film_bwd_kernel(go_ptr, h_ptr, w_ptr, bias_ptr, scale_ptr, mean_ptr, rstd_ptr, dh_ptr, dscale_ptr,
+                         dshift_ptr, dw_ptr, db_ptr, C, T, G, CG, sg0, sg1, sg2, sh0, sh1, sh2, ss0, ss1,
+                         HAS_FILM: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+        """dh = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) over the group; dw, db written as per-batch partials [B, C]."""
+        pid = tl.program_id(0)
+        b, ch, ts, cm, mask = _group_tile(pid, G, CG, T, BLOCK_C, BLOCK_T)
+        go = tl.load(go_ptr + b * sg0 + ch[:, None] * sg1 + ts[None, :] * sg2, mask=mask, other=0.0).to(tl.float32)
+        h = tl.load(h_ptr + b * sh0 + ch[:, None] * sh1 + ts[None, :] * sh2, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + pid)
+        rstd = tl.load(rstd_ptr + pid)
+        w = tl.load(w_ptr + ch, mask=cm, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + ch, mask=cm, other=0.0).to(tl.float32)
+        xhat = tl.where(mask, (h - mean) * rstd, 0.0)
+        y = xhat * w[:, None] + bias[:, None]
+        t, sig = _mish_parts(y)
+        dm = go
+        if HAS_FILM:
+            scale = tl.load(scale_ptr + b * ss0 + ch * ss1, mask=cm, other=0.0).to(tl.float32)
+            tl.store(dscale_ptr + b * C + ch, tl.sum(go * y * t, axis=1), mask=cm)
+            tl.store(dshift_ptr + b * C + ch, tl.sum(go, axis=1), mask=cm)
+            dm = go * scale[:, None]
+        dy = dm * (t + y * (1.0 - t * t) * sig)
+        tl.store(dw_ptr + b * C + ch, tl.sum(dy * xhat, axis=1), mask=cm)
+        tl.store(db_ptr + b * C + ch, tl.sum(dy, axis=1), mask=cm)
+        dxhat = dy * w[:, None]
+        count = CG * T
+        m1 = tl.sum(tl.sum(dxhat, axis=1), axis=0) / count
+        m2 = tl.sum(tl.sum(dxhat * xhat, axis=1), axis=0) / count
+        dh = (dxhat - m1 - xhat * m2) * rstd
+        tl.store(dh_ptr + (b * C + ch[:, None]) * T + ts[None, :], dh.to(dh_ptr.dtype.element_ty), mask=mask)
+
+
+def _strides(t: torch.Tensor | None, n: int):
+    return t.stride() if t is not None else (0,) * n
+
+
+class FilmEpilogueTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps):
+        bsz, c, t = h.shape
+        if c % num_groups:
+            raise ValueError(f"{c} channels do not split into {num_groups} groups")
+        cg = c // num_groups
+        out = torch.empty((bsz, c, t), device=h.device, dtype=h.dtype)
+        mean = torch.empty(bsz * num_groups, device=h.device, dtype=torch.float32)
+        rstd = torch.empty_like(mean)
+        film = scale is not None
+        _film_fwd_kernel[(bsz * num_groups,)](
+            h, gn_weight, gn_bias, scale if film else h, shift if film else h,
+            residual if residual is not None else h, out, mean, rstd, c, t, num_groups, cg, *h.stride(),
+            *_strides(scale, 2), *_strides(shift, 2), *_strides(residual, 3), float(eps),
+            HAS_FILM=film, HAS_RES=residual is not None, BLOCK_C=triton.next_power_of_2(cg),
+            BLOCK_T=triton.next_power_of_2(t))
+        ctx.save_for_backward(h, gn_weight, gn_bias, scale, mean, rstd)
+        ctx.num_groups, ctx.has_res = num_groups, residual is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h, gn_weight, gn_bias, scale, mean, rstd = ctx.saved_tensors
+        bsz, c, t = h.shape
+        film = scale is not None
+        f32 = dict(device=h.device, dtype=torch.float32)
+        dh = torch.empty((bsz, c, t), device=h.device, dtype=h.dtype)
+        dscale, dshift = (torch.empty((bsz, c), **f32) for _ in range(2)) if film else (None, None)
+        dw, db = (torch.empty((bsz, c), **f32) for _ in range(2))
+        _film_bwd_kernel[(bsz * ctx.num_groups,)](
+            grad_out, h, gn_weight, gn_bias, scale if film else h, mean, rstd, dh, dscale if film else dw,
+            dshift if film else db, dw, db, c, t, ctx.num_groups, c // ctx.num_groups, *grad_out.stride(),
+            *h.stride(), *_strides(scale, 2), HAS_FILM=film, BLOCK_C=triton.next_power_of_2(c // ctx.num_groups),
+            BLOCK_T=triton.next_power_of_2(t))
+        if film:
+            dscale, dshift = dscale.to(scale.dtype), dshift.to(scale.dtype)
+        return (dh, dw.sum(0).to(gn_weight.dtype), db.sum(0).to(gn_bias.dtype), None, dscale, dshift,
+                grad_out if ctx.has_res else None, None)
+
+
+@register("film_epilogue", "triton")
+def film_epilogue_triton(h, gn_weight, gn_bias, num_groups, scale=None, shift=None, residual=None, eps=1e-5):
+    return FilmEpilogueTriton.apply(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps)
 
 
 def film_epilogue(h, gn_weight, gn_bias, num_groups, scale=None, shift=None, residual=None, eps=1e-5, backend=None):

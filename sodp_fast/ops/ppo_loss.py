@@ -1,0 +1,139 @@
+"""Batched PPO ratio/clip loss over (chain × denoising-step) rows (paper Eq. 12), reference + Triton.
+
+Each row is one denoising transition of one chain; its advantage is the chunk reward of its chain broadcast to
+every step. In the PPO convention (minimise):
+
+    ρ        = exp(new − old)
+    loss     = mean_rows max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε))
+    clip_frac = mean_rows [|ρ − 1| > ε]                 (logging: share of rows whose ratio is clipped)
+    approx_kl = mean_rows (ρ − 1) − log ρ               (logging: the k3 estimator, ≥ 0 row by row)
+
+∂loss/∂new = −A·ρ/N where the unclipped term is the max, and 0 where the clipped term is strictly larger
+(A > 0 and ρ > 1 + ε, or A < 0 and ρ < 1 − ε). Only ``new_logp`` gets a gradient; old log-probs and advantages
+are data. The two logging outputs are detached.
+
+Why fused: eager PyTorch spends ~15 launches on [N]-sized vectors here (N = 2560 for 256 chains × 10 steps),
+so the update step is launch-bound; the Triton forward is one pass that writes per-program partial sums (then one
+tiny sum), the backward one pass that recomputes ρ and writes the gradient.
+
+Tolerances (relative to a float64 reference, ‖out − ref‖/‖ref‖): float32 inputs ≲ 1e-5 for the loss, the two
+logging scalars and the gradient; bf16 inputs ≲ 1e-2. All backends accumulate in float32 or better.
+"""
+from __future__ import annotations
+
+import torch
+
+from sodp_fast.ops.dispatch import get, register
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the reference still works; dispatch reports triton as absent
+    triton = tl = None
+
+
+@register("ppo_loss", "torch")
+def ppo_loss_torch(new_logp, old_logp, advantages, clip_eps):
+    log_ratio = new_logp - old_logp
+    ratio = log_ratio.exp()
+    loss = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)).mean()
+    with torch.no_grad():
+        clip_frac = ((ratio - 1).abs() > clip_eps).to(ratio.dtype).mean()
+        approx_kl = ((ratio - 1) - log_ratio).mean()
+    return loss, clip_frac, approx_kl
+
+
+if triton is not None:
+
+    @triton.jit
+    def _ppo_fwd_kernel(new_ptr, old_ptr, adv_ptr, part_ptr, n, s_new, s_old, s_adv, clip_eps,
+                        BLOCK: tl.constexpr, ITERS: tl.constexpr):
+        """Program p reduces rows [p·ITERS·BLOCK, (p+1)·ITERS·BLOCK) into part[p] = (Σloss, Σclipped, Σk3)."""
+        pid = tl.program_id(0)
+        acc_loss = tl.zeros([BLOCK], dtype=tl.float32)
+        acc_clip = tl.zeros([BLOCK], dtype=tl.float32)
+        acc_kl = tl.zeros([BLOCK], dtype=tl.float32)
+        for it in range(ITERS):
+            offs = (pid * ITERS + it) * BLOCK + tl.arange(0, BLOCK)
+            m = offs < n
+            new = tl.load(new_ptr + offs * s_new, mask=m, other=0.0).to(tl.float32)
+            old = tl.load(old_ptr + offs * s_old, mask=m, other=0.0).to(tl.float32)
+            adv = tl.load(adv_ptr + offs * s_adv, mask=m, other=0.0).to(tl.float32)
+            log_ratio = new - old
+            ratio = tl.exp(log_ratio)
+            clipped = tl.minimum(tl.maximum(ratio, 1.0 - clip_eps), 1.0 + clip_eps)
+            acc_loss += tl.where(m, tl.maximum(-adv * ratio, -adv * clipped), 0.0)
+            acc_clip += tl.where(m & (tl.abs(ratio - 1.0) > clip_eps), 1.0, 0.0)
+            acc_kl += tl.where(m, (ratio - 1.0) - log_ratio, 0.0)
+        tl.store(part_ptr + pid * 3, tl.sum(acc_loss, axis=0))
+        tl.store(part_ptr + pid * 3 + 1, tl.sum(acc_clip, axis=0))
+        tl.store(part_ptr + pid * 3 + 2, tl.sum(acc_kl, axis=0))
+
+    @triton.jit
+    def _ppo_bwd_kernel(new_ptr, old_ptr, adv_ptr, gout_ptr, gnew_ptr, n, s_new, s_old, s_adv, clip_eps, inv_n,
+                        BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < n
+        new = tl.load(new_ptr + offs * s_new, mask=m, other=0.0).to(tl.float32)
+        old = tl.load(old_ptr + offs * s_old, mask=m, other=0.0).to(tl.float32)
+        adv = tl.load(adv_ptr + offs * s_adv, mask=m, other=0.0).to(tl.float32)
+        g = tl.load(gout_ptr).to(tl.float32)
+        ratio = tl.exp(new - old)
+        # the clipped term is strictly the max only outside the band on the side the advantage pushes towards
+        frozen = ((adv > 0) & (ratio > 1.0 + clip_eps)) | ((adv < 0) & (ratio < 1.0 - clip_eps))
+        grad = tl.where(frozen, 0.0, -adv * ratio * inv_n * g)
+        tl.store(gnew_ptr + offs, grad.to(gnew_ptr.dtype.element_ty), mask=m)
+
+
+_BLOCK = 1024
+_MAX_PROGRAMS = 128  # partial sums to add after the forward; ITERS grows instead beyond 128 · BLOCK rows
+
+
+class PPOClipLossTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, new_logp, old_logp, advantages, clip_eps):
+        n = new_logp.shape[0]
+        blocks = triton.cdiv(n, _BLOCK)
+        iters = triton.cdiv(blocks, _MAX_PROGRAMS)
+        programs = triton.cdiv(blocks, iters)
+        part = torch.empty(programs, 3, device=new_logp.device, dtype=torch.float32)
+        _ppo_fwd_kernel[(programs,)](new_logp, old_logp, advantages, part, n, new_logp.stride(0),
+                                     old_logp.stride(0), advantages.stride(0), float(clip_eps),
+                                     BLOCK=_BLOCK, ITERS=iters)
+        loss, clip_frac, approx_kl = (part.sum(0) / n).unbind()
+        ctx.save_for_backward(new_logp, old_logp, advantages)
+        ctx.clip_eps = float(clip_eps)
+        ctx.mark_non_differentiable(clip_frac, approx_kl)
+        dtype = new_logp.dtype
+        return loss.to(dtype), clip_frac.to(dtype), approx_kl.to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_clip, _grad_kl):
+        new_logp, old_logp, advantages = ctx.saved_tensors
+        n = new_logp.shape[0]
+        grad_new = torch.empty(n, device=new_logp.device, dtype=new_logp.dtype)
+        _ppo_bwd_kernel[(triton.cdiv(n, _BLOCK),)](new_logp, old_logp, advantages, grad_loss, grad_new, n,
+                                                   new_logp.stride(0), old_logp.stride(0), advantages.stride(0),
+                                                   ctx.clip_eps, 1.0 / n, BLOCK=_BLOCK)
+        return grad_new, None, None, None
+
+
+@register("ppo_loss", "triton")
+def ppo_loss_triton(new_logp, old_logp, advantages, clip_eps):
+    return PPOClipLossTriton.apply(new_logp, old_logp, advantages, clip_eps)
+
+
+def ppo_clip_loss(new_logp, old_logp, advantages, clip_eps, backend=None):
+    """(loss, clip_frac, approx_kl) for rows of any shape (flattened); ``advantages`` must match that shape.
+
+    Only ``loss`` is differentiable, w.r.t. ``new_logp``. Returns 0-dim tensors (no host sync).
+    """
+    if new_logp.shape != old_logp.shape or new_logp.shape != advantages.shape:
+        raise ValueError(f"new_logp {tuple(new_logp.shape)}, old_logp {tuple(old_logp.shape)} and advantages "
+                         f"{tuple(advantages.shape)} must have the same shape (broadcast the chunk reward first)")
+    if new_logp.numel() == 0:
+        raise ValueError("ppo_clip_loss needs at least one row")
+    if not clip_eps > 0:
+        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    fn = get("ppo_loss", backend, new_logp.device)
+    return fn(new_logp.reshape(-1), old_logp.detach().reshape(-1), advantages.detach().reshape(-1), float(clip_eps))
