@@ -1,6 +1,7 @@
 // Error checking shared by every kernel file: a failed CUDA call becomes a C++ exception that pybind11
 // turns into a Python RuntimeError naming the call, file and line.
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <cstdint>
 #include <stdexcept>
@@ -35,5 +36,15 @@ inline void require_device() {
 }
 
 inline cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+// Storage type T <-> float32 compute type: every kernel reads fp32 or bf16 and accumulates in fp32.
+template <typename T> __device__ __forceinline__ float load(const T* p) { return static_cast<float>(*p); }
+template <> __device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+template <typename T> __device__ __forceinline__ void store(T* p, float v) { *p = static_cast<T>(v); }
+template <> __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+
+inline std::invalid_argument bad_dtype(const char* op, int dtype) {
+  return std::invalid_argument(std::string(op) + ": unsupported dtype code " + std::to_string(dtype));
+}
 
 }  // namespace sodp

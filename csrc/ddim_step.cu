@@ -1,20 +1,45 @@
-// Fused DDIM sampling step + Gaussian log-prob of the transition (formula: sodp_fast/ops/ddim_step.py).
+// Fused DDIM transition kernels (formula: sodp_fast/ops/ddim_step.py):
+//   ddim_step            sampling: x_prev = mean + c4·z and the log-prob of the stored x_prev
+//   ddim_logprob         PPO path: log-prob of a stored transition x → x_prev under ε̂
+//   ddim_logprob_backward          its gradient w.r.t. ε̂
 // One warp per row of D = Tp*A latent elements: each lane walks the row with stride 32, so a row is read once
-// (x, eps, noise) and written once (x_prev), and the log-prob is a warp-shuffle reduction with no shared memory.
-#include <cuda_bf16.h>
-
+// and written once, and the row's log-prob is a warp-shuffle reduction with no shared memory. Coefficients are
+// per row (coef_stride 6) or shared (coef_stride 0), so one launch serves rows at different denoising steps.
 #include "common.cuh"
 
 namespace sodp {
 namespace {
 
-template <typename T> __device__ __forceinline__ float load(const T* p) { return static_cast<float>(*p); }
-template <> __device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-template <typename T> __device__ __forceinline__ void store(T* p, float v) { *p = static_cast<T>(v); }
-template <> __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-
 constexpr int kWarpsPerBlock = 8;
 constexpr float kHalfLog2Pi = 0.91893853320467274f;
+
+struct Coef {
+  float c0, c1, c2, c3, c4, c5;
+};
+
+__device__ __forceinline__ Coef load_coef(const float* __restrict__ coef, int coef_stride, int64_t row) {
+  const float* c = coef + row * coef_stride;
+  return {c[0], c[1], c[2], c[3], c[4], c[5]};
+}
+
+// Mean of p(x_prev | x_t) for one element; `inside` says whether x̂0 was inside the clip box (its gradient
+// passes; the bounds count as inside, as torch.clamp's backward does).
+__device__ __forceinline__ float ddim_mean(float xv, float ev, const Coef& c, float clip, bool* inside) {
+  float x0 = (xv - c.c1 * ev) * c.c0;
+  *inside = !(clip > 0.f) || (x0 >= -clip && x0 <= clip);
+  if (clip > 0.f) x0 = fminf(fmaxf(x0, -clip), clip);
+  const float eps_c = (xv - c.c5 * x0) / c.c1;
+  return c.c2 * x0 + c.c3 * eps_c;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+__device__ __forceinline__ float row_logprob(float sq, int d, float c4) {
+  return -0.5f * sq - d * (logf(c4) + kHalfLog2Pi);
+}
 
 template <typename T>
 __global__ void ddim_step_kernel(const T* __restrict__ x, const T* __restrict__ eps, const T* __restrict__ noise,
@@ -22,35 +47,96 @@ __global__ void ddim_step_kernel(const T* __restrict__ x, const T* __restrict__ 
                                  float* __restrict__ logp, int64_t n_rows, int d, float clip) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (row >= n_rows) return;
-  const float* c = coef + row * coef_stride;
-  const float c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3], c4 = c[4], c5 = c[5];
+  if (row >= n_rows) return;  // whole warps exit together: the shuffles below see full warps
+  const Coef c = load_coef(coef, coef_stride, row);
   const int64_t base = row * d;
   float sq = 0.f;
   for (int j = lane; j < d; j += 32) {
-    const float xv = load(x + base + j);
-    float x0 = (xv - c1 * load(eps + base + j)) * c0;
-    if (clip > 0.f) x0 = fminf(fmaxf(x0, -clip), clip);
-    const float eps_c = (xv - c5 * x0) / c1;
-    const float mean = c2 * x0 + c3 * eps_c;
+    bool inside;
+    const float mean = ddim_mean(load(x + base + j), load(eps + base + j), c, clip, &inside);
     const float z = noise ? load(noise + base + j) : 0.f;
-    const float out = mean + c4 * z;
-    store(x_prev + base + j, out);
-    const float zr = (load(x_prev + base + j) - mean) / c4;  // of the stored (possibly rounded) value
+    store(x_prev + base + j, mean + c.c4 * z);
+    const float zr = (load(x_prev + base + j) - mean) / c.c4;  // of the stored (possibly rounded) value
     sq += zr * zr;
   }
-  for (int off = 16; off > 0; off >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, off);
-  if (lane == 0) logp[row] = -0.5f * sq - d * (logf(c4) + kHalfLog2Pi);
+  sq = warp_sum(sq);
+  if (lane == 0) logp[row] = row_logprob(sq, d, c.c4);
 }
 
 template <typename T>
-void launch(std::uintptr_t x, std::uintptr_t eps, std::uintptr_t noise, std::uintptr_t coef, int coef_stride,
-            std::uintptr_t x_prev, std::uintptr_t logp, int64_t n_rows, int d, float clip, cudaStream_t stream) {
+__global__ void ddim_logprob_kernel(const T* __restrict__ x, const T* __restrict__ eps,
+                                    const T* __restrict__ x_prev, const float* __restrict__ coef, int coef_stride,
+                                    float* __restrict__ logp, int64_t n_rows, int d, float clip) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (row >= n_rows) return;
+  const Coef c = load_coef(coef, coef_stride, row);
+  const int64_t base = row * d;
+  float sq = 0.f;
+  for (int j = lane; j < d; j += 32) {
+    bool inside;
+    const float mean = ddim_mean(load(x + base + j), load(eps + base + j), c, clip, &inside);
+    const float zr = (load(x_prev + base + j) - mean) / c.c4;
+    sq += zr * zr;
+  }
+  sq = warp_sum(sq);
+  if (lane == 0) logp[row] = row_logprob(sq, d, c.c4);
+}
+
+// d logp / d ε̂_j = g · (x_prev_j − mean_j)/c4² · ∂mean/∂x̂0 · ∂x̂0/∂ε̂, with mean = (c2 − c3·c5/c1)·x̂0 + c3·x/c1
+// and x̂0 = (x − c1·ε̂)·c0, so ∂mean/∂ε̂ = −c0·c1·(c2 − c3·c5/c1) inside the clip box and 0 outside.
+template <typename T>
+__global__ void ddim_logprob_bwd_kernel(const T* __restrict__ x, const T* __restrict__ eps,
+                                        const T* __restrict__ x_prev, const float* __restrict__ coef,
+                                        int coef_stride, const float* __restrict__ grad_logp,
+                                        T* __restrict__ grad_eps, int64_t n_rows, int d, float clip) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (row >= n_rows) return;
+  const Coef c = load_coef(coef, coef_stride, row);
+  const float k = grad_logp[row] * (-c.c0 * c.c1) * (c.c2 - c.c3 * c.c5 / c.c1) / (c.c4 * c.c4);
+  const int64_t base = row * d;
+  for (int j = lane; j < d; j += 32) {
+    bool inside;
+    const float mean = ddim_mean(load(x + base + j), load(eps + base + j), c, clip, &inside);
+    store(grad_eps + base + j, inside ? k * (load(x_prev + base + j) - mean) : 0.f);
+  }
+}
+
+unsigned blocks_for(int64_t n_rows) {
   const int64_t blocks = (n_rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  ddim_step_kernel<T><<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(
-      reinterpret_cast<const T*>(x), reinterpret_cast<const T*>(eps), reinterpret_cast<const T*>(noise),
-      reinterpret_cast<const float*>(coef), coef_stride, reinterpret_cast<T*>(x_prev),
-      reinterpret_cast<float*>(logp), n_rows, d, clip);
+  if (blocks > 0x7fffffff) throw std::invalid_argument("ddim kernels: too many rows for one launch");
+  return static_cast<unsigned>(blocks);
+}
+
+template <typename T> const T* cptr(std::uintptr_t p) { return reinterpret_cast<const T*>(p); }
+template <typename T> T* mptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
+
+template <typename T>
+void launch_step(std::uintptr_t x, std::uintptr_t eps, std::uintptr_t noise, std::uintptr_t coef, int coef_stride,
+                 std::uintptr_t x_prev, std::uintptr_t logp, int64_t n_rows, int d, float clip, cudaStream_t s) {
+  ddim_step_kernel<T><<<blocks_for(n_rows), kWarpsPerBlock * 32, 0, s>>>(
+      cptr<T>(x), cptr<T>(eps), cptr<T>(noise), cptr<float>(coef), coef_stride, mptr<T>(x_prev),
+      mptr<float>(logp), n_rows, d, clip);
+  SODP_CHECK_LAUNCH();
+}
+
+template <typename T>
+void launch_logprob(std::uintptr_t x, std::uintptr_t eps, std::uintptr_t x_prev, std::uintptr_t coef,
+                    int coef_stride, std::uintptr_t logp, int64_t n_rows, int d, float clip, cudaStream_t s) {
+  ddim_logprob_kernel<T><<<blocks_for(n_rows), kWarpsPerBlock * 32, 0, s>>>(
+      cptr<T>(x), cptr<T>(eps), cptr<T>(x_prev), cptr<float>(coef), coef_stride, mptr<float>(logp), n_rows, d,
+      clip);
+  SODP_CHECK_LAUNCH();
+}
+
+template <typename T>
+void launch_logprob_bwd(std::uintptr_t x, std::uintptr_t eps, std::uintptr_t x_prev, std::uintptr_t coef,
+                        int coef_stride, std::uintptr_t grad_logp, std::uintptr_t grad_eps, int64_t n_rows, int d,
+                        float clip, cudaStream_t s) {
+  ddim_logprob_bwd_kernel<T><<<blocks_for(n_rows), kWarpsPerBlock * 32, 0, s>>>(
+      cptr<T>(x), cptr<T>(eps), cptr<T>(x_prev), cptr<float>(coef), coef_stride, cptr<float>(grad_logp),
+      mptr<T>(grad_eps), n_rows, d, clip);
   SODP_CHECK_LAUNCH();
 }
 
@@ -62,11 +148,39 @@ void ddim_step(std::uintptr_t x, std::uintptr_t eps, std::uintptr_t noise, std::
   require_device();
   if (n_rows == 0) return;
   if (dtype == kFloat32)
-    launch<float>(x, eps, noise, coef, coef_stride, x_prev, logp, n_rows, d, clip, as_stream(stream));
+    launch_step<float>(x, eps, noise, coef, coef_stride, x_prev, logp, n_rows, d, clip, as_stream(stream));
   else if (dtype == kBFloat16)
-    launch<__nv_bfloat16>(x, eps, noise, coef, coef_stride, x_prev, logp, n_rows, d, clip, as_stream(stream));
+    launch_step<__nv_bfloat16>(x, eps, noise, coef, coef_stride, x_prev, logp, n_rows, d, clip, as_stream(stream));
   else
-    throw std::invalid_argument("ddim_step: unsupported dtype code " + std::to_string(dtype));
+    throw bad_dtype("ddim_step", dtype);
+}
+
+void ddim_logprob(std::uintptr_t x, std::uintptr_t eps, std::uintptr_t x_prev, std::uintptr_t coef,
+                  int coef_stride, std::uintptr_t logp, int64_t n_rows, int d, float clip, int dtype,
+                  std::uintptr_t stream) {
+  require_device();
+  if (n_rows == 0) return;
+  if (dtype == kFloat32)
+    launch_logprob<float>(x, eps, x_prev, coef, coef_stride, logp, n_rows, d, clip, as_stream(stream));
+  else if (dtype == kBFloat16)
+    launch_logprob<__nv_bfloat16>(x, eps, x_prev, coef, coef_stride, logp, n_rows, d, clip, as_stream(stream));
+  else
+    throw bad_dtype("ddim_logprob", dtype);
+}
+
+void ddim_logprob_backward(std::uintptr_t x, std::uintptr_t eps, std::uintptr_t x_prev, std::uintptr_t coef,
+                           int coef_stride, std::uintptr_t grad_logp, std::uintptr_t grad_eps, int64_t n_rows, int d,
+                           float clip, int dtype, std::uintptr_t stream) {
+  require_device();
+  if (n_rows == 0) return;
+  if (dtype == kFloat32)
+    launch_logprob_bwd<float>(x, eps, x_prev, coef, coef_stride, grad_logp, grad_eps, n_rows, d, clip,
+                              as_stream(stream));
+  else if (dtype == kBFloat16)
+    launch_logprob_bwd<__nv_bfloat16>(x, eps, x_prev, coef, coef_stride, grad_logp, grad_eps, n_rows, d, clip,
+                                      as_stream(stream));
+  else
+    throw bad_dtype("ddim_logprob_backward", dtype);
 }
 
 }  // namespace sodp

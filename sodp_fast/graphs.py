@@ -1,0 +1,205 @@
+"""CUDA-graph-captured DDIM sampling: the whole S-step chain (U-Net forwards, fused steps, log-probs) replayed
+as one graph per batch size.
+
+At batch sizes that matter for rollouts (one chain per environment, 8 … 256) the default U-Net's ~60 kernels
+per forward × 10 steps are launch-bound in eager PyTorch; a replay launches them all from one host call.
+
+How it is built, and why:
+* **Static buffers.** Each captured batch size B owns a static observation input [B, To, obs_dim], static
+  x_K [B, Tp, A] and noise [B, S, Tp, A] buffers, and the chain's latents / log-probs produced during capture
+  (they live in the graph's memory pool and are rewritten by every replay). ``__call__`` copies the
+  observations in, replays, and returns copies of the first b rows (``clone_outputs=False`` returns views that
+  the next replay overwrites).
+* **Fresh noise on every replay.** The captured region starts with ``x_K.normal_()`` and ``noise.normal_()``
+  on the default CUDA generator. PyTorch's CUDA generator is graph-safe (Philox; see the note "CUDA Graph-safe
+  RNG states" in ATen's CUDAGeneratorImpl.h): capture records the region's total Philox offset increment, and
+  each replay reads the generator's current seed/offset and then advances the offset by that total, so replays
+  draw new numbers and ``torch.cuda.manual_seed`` before a replay makes it repeatable. Only the default
+  generator may be used in capture, hence ``generator`` is refused on the graph path. The buffers a replay drew
+  stay readable (``last_noise``), which is how tests compare a replay with eager sampling on the same noise.
+* **The eager code path, captured.** The graph runs ``DDIMSampler.sample`` itself on the static buffers, from
+  a shallow copy of the planner's sampler whose coefficient tables are already on the device in float32:
+  ``sample`` then does no host→device copy (not allowed during capture) and computes exactly what eager
+  sampling computes. Parameters are read in place, so optimizer steps and ``load_state_dict`` (both in-place)
+  are seen by later replays; replacing a parameter tensor object is not.
+* **Warm-up on a side stream** (as PyTorch requires before capture: lazy init, cuDNN/cuBLAS handles, Triton
+  compilation), then capture into a memory pool shared by all batch sizes of this sampler. Sharing is safe
+  because every graph's outputs stay referenced (their blocks are never handed to another capture) and replays
+  run one after another on one stream.
+* **Fallback.** On CPU, or if capture fails (logged once), calls run the same eager sampler: same numbers,
+  no graph.
+* **Padding.** A batch b is run on the smallest captured size ≥ b (rows are independent in the U-Net: conv and
+  GroupNorm never mix samples); batches over the largest size run in chunks of it.
+
+Only sampling is captured; the PPO update step runs eagerly.
+"""
+from __future__ import annotations
+
+import bisect
+import contextlib
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from sodp_fast.diffusion.ddim import DDIMChain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    obs: torch.Tensor  # [B, To, obs_dim]
+    x_init: torch.Tensor  # [B, Tp, A]
+    noise: torch.Tensor | None  # [B, S, Tp, A]; None when deterministic
+    chain: DDIMChain  # outputs, rewritten by every replay
+
+
+def default_batch_sizes(max_batch: int) -> list[int]:
+    """Powers of two below ``max_batch``, and ``max_batch``: padding then wastes < half a batch."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    return sizes + [max_batch]
+
+
+class GraphedSampler:
+    """``GraphedSampler(planner, 256)(obs_hist) -> DDIMChain``, graph-replayed on CUDA, eager elsewhere.
+
+    ``batch_sizes``: an int (the largest batch; powers of two below it are captured too) or the exact sizes to
+    capture. ``backend`` selects the ``ddim_step`` implementation (see ``sodp_fast.ops.dispatch``). ``model``
+    replaces ``planner.model`` as the noise model (e.g. a ``torch.compile``'d copy; benchmarks use it).
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the U-Net under autocast on CUDA; latents, DDIM steps and
+    log-probs stay float32. Graphs are captured lazily on first use of a size, or all at once by ``capture()``.
+    """
+
+    def __init__(self, planner, batch_sizes: int | Sequence[int] = 256, deterministic: bool = False,
+                 backend: str | None = "auto", autocast_dtype: torch.dtype | None = None,
+                 clone_outputs: bool = True, warmup_iters: int = 2, model=None):
+        sizes = default_batch_sizes(batch_sizes) if isinstance(batch_sizes, int) else sorted(set(batch_sizes))
+        if not sizes or sizes[0] < 1:
+            raise ValueError(f"batch sizes must be positive, got {batch_sizes}")
+        self.planner, self.batch_sizes, self.deterministic, self.backend = planner, sizes, deterministic, backend
+        self.clone_outputs, self.warmup_iters = clone_outputs, warmup_iters
+        self.model = planner.model if model is None else model
+        self.device = next(planner.parameters()).device
+        self.autocast_dtype = autocast_dtype if self.device.type == "cuda" else None
+        # the planner's sampler with device-resident float32 coefficient tables (see the module docstring)
+        self._sampler = copy.copy(planner.sampler)
+        self._sampler.coef = planner.sampler.coef.to(self.device, torch.float32)
+        self._sampler.coef_deterministic = planner.sampler.coef_deterministic.to(self.device, torch.float32)
+        self.use_graphs = self.device.type == "cuda"
+        self._graphs: dict[int, _Captured] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self._last: _Captured | None = None
+
+    # ---- the computation that eager calls run and graphs capture -------------------------------------------
+    @staticmethod
+    def _float_eps(model):
+        def fn(x, k, cond):  # bf16 ε̂ under autocast → the latents' dtype, so DDIM steps stay float32
+            return model(x, k, cond).to(x.dtype)
+
+        return fn
+
+    @torch.no_grad()
+    def eager(self, obs_hist: torch.Tensor, generator: torch.Generator | None = None,
+              x_init: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> DDIMChain:
+        """The uncaptured computation (what a replay computes), e.g. to check a replay against. Without autocast
+        it is literally ``planner.sample``'s call; with it, one autocast region spans the chain so weights are
+        cast once per chain, not once per step."""
+        p = self.planner
+        if self.autocast_dtype is None:
+            model, ctx = self.model, contextlib.nullcontext()
+        else:
+            model, ctx = self._float_eps(self.model), torch.autocast("cuda", dtype=self.autocast_dtype)
+        with ctx:
+            return self._sampler.sample(model, p.encode_obs(obs_hist), p.action_shape, self.deterministic,
+                                        generator, x_init=x_init, noise=noise, backend=self.backend)
+
+    # ---- capture --------------------------------------------------------------------------------------------
+    def capture(self) -> "GraphedSampler":
+        """Capture every batch size now (keeps capture time out of the first calls)."""
+        for b in self.batch_sizes:
+            if not self.use_graphs:
+                break
+            self._graph_for(b)
+        return self
+
+    def _graph_for(self, b: int) -> _Captured | None:
+        if b in self._graphs:
+            return self._graphs[b]
+        c, s = self.planner.config, self._sampler.num_steps
+        dev = self.device
+        obs = torch.zeros(b, c.n_obs_steps, c.obs_dim, device=dev)
+        x_init = torch.empty(b, c.horizon, c.action_dim, device=dev)
+        noise = None if self.deterministic else torch.empty(b, s, c.horizon, c.action_dim, device=dev)
+
+        def body() -> DDIMChain:
+            x_init.normal_()
+            if noise is not None:
+                noise.normal_()
+            return self.eager(obs, x_init=x_init, noise=noise)
+
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup_iters):
+                body()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self._pool):
+                chain = body()
+        except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly instead
+            log.warning("CUDA-graph capture of the sampler failed at batch %d (%s: %s); sampling eagerly from "
+                        "now on", b, type(e).__name__, e)
+            self.use_graphs = False
+            self._graphs.clear()
+            return None
+        self._graphs[b] = _Captured(graph, obs, x_init, noise, chain)
+        return self._graphs[b]
+
+    # ---- calls ----------------------------------------------------------------------------------------------
+    def __call__(self, obs_hist: torch.Tensor, generator: torch.Generator | None = None) -> DDIMChain:
+        """B chains for obs_hist [B, To, obs_dim]. ``generator`` works on the eager path only (replays draw
+        from the default CUDA generator: seed it with ``torch.cuda.manual_seed``)."""
+        if self.use_graphs and generator is not None:
+            raise ValueError("graph replays draw from the default CUDA generator; seed it with "
+                             "torch.cuda.manual_seed instead of passing a generator")
+        if not self.use_graphs:
+            return self.eager(obs_hist, generator)
+        parts, start, n = [], 0, obs_hist.shape[0]
+        while start < n:
+            r = min(n - start, self.batch_sizes[-1])
+            part = self._replay(obs_hist[start:start + r])
+            if part is None:  # capture failed just now: run the whole batch eagerly
+                return self.eager(obs_hist)
+            parts.append(part)
+            start += r
+        if len(parts) == 1:
+            return parts[0]
+        return DDIMChain(torch.cat([p.latents for p in parts]), torch.cat([p.log_probs for p in parts]))
+
+    def _replay(self, obs: torch.Tensor) -> DDIMChain | None:
+        r = obs.shape[0]
+        cap = self._graph_for(self.batch_sizes[bisect.bisect_left(self.batch_sizes, r)])
+        if cap is None:
+            return None
+        cap.obs[:r].copy_(obs)  # rows past r keep earlier (finite) observations: padding
+        cap.graph.replay()
+        self._last = cap
+        lat, lp = cap.chain.latents[:r], cap.chain.log_probs[:r]
+        return DDIMChain(lat.clone(), lp.clone()) if self.clone_outputs else DDIMChain(lat, lp)
+
+    def last_noise(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x_K, noise) buffers of the graph replayed last, all its captured rows (valid until the next call)."""
+        if self._last is None:
+            raise RuntimeError("no graph has been replayed yet")
+        return self._last.x_init, self._last.noise
+
