@@ -1,0 +1,130 @@
+"""Run metrics: one JSON object per line in ``<run>/metrics.jsonl`` (always), TensorBoard scalars when the
+``tensorboard`` package is installed, and a PNG of the curves (matplotlib, Agg backend: no display needed).
+
+JSONL because it is appended line by line, survives a kill mid-run (a torn last line is skipped on read)
+and needs nothing to read.  On resume, records past the resumed step are dropped so the file describes one
+consistent run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Records of a metrics file (or run folder), skipping a torn or corrupt line."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and "step" in rec:
+            out.append(rec)
+    return out
+
+
+def _tensorboard_writer(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+class RunLogger:
+    """``RunLogger(run_dir).log(step, loss=…, lr=…)``; ``close()`` also writes the curves PNG.
+
+    ``resume_step``: keep only records up to that step (the checkpoint a run resumed from).
+    ``enabled=False`` makes every call a no-op (non-zero ranks of a distributed run).
+    """
+
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True,
+                 enabled: bool = True):
+        self.run_dir, self.enabled = Path(run_dir), enabled
+        self._file = self._tb = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / METRICS_FILE
+        if resume_step is None:
+            path.unlink(missing_ok=True)
+        else:
+            kept = [r for r in read_metrics(path) if r["step"] <= resume_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._file = open(path, "a")
+        self._tb = _tensorboard_writer(self.run_dir) if tensorboard else None
+
+    def log(self, step: int, **metrics: float) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if isinstance(v, (int, float)) or hasattr(v, "item") else v)
+                 for k, v in metrics.items()}
+        self._file.write(json.dumps({"step": int(step), "time": round(time.time(), 3), **clean}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in clean.items():
+                if isinstance(v, float):
+                    self._tb.add_scalar(k, v, step)
+
+    def plot(self) -> Path | None:
+        if not self.enabled:
+            return None
+        return plot_curves(self.run_dir / METRICS_FILE, self.run_dir / CURVES_FILE)
+
+    def close(self) -> None:
+        if not self.enabled or self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        if self._tb is not None:
+            self._tb.close()
+        self.plot()
+
+
+def plot_curves(records: str | Path | list[dict], out: str | Path, keys: list[str] | None = None,
+                title: str | None = None) -> Path | None:
+    """One panel per numeric metric against step (losses on a log scale); None if there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = read_metrics(records) if isinstance(records, (str, Path)) else records
+    if keys is None:
+        keys = sorted({k for r in recs for k, v in r.items()
+                       if k not in ("step", "time") and isinstance(v, (int, float))})
+    keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in recs)]
+    if not keys:
+        return None
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        pts = [(r["step"], r[key]) for r in recs if isinstance(r.get(key), (int, float))]
+        ax.plot(*zip(*pts))
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        if "loss" in key and all(v > 0 for _, v in pts):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,1 @@
+"""Training drivers: multi-task pre-training (and the pieces fine-tuning reuses: EMA, state, runtime)."""

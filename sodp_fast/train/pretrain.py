@@ -1,0 +1,386 @@
+"""Multi-task pre-training (paper §3.1, Algorithm 1 first loop, B.3): ε-prediction loss (Eq. 7) on windows
+drawn uniformly from all tasks' transitions, no rewards and no task ids.
+
+Paper defaults: batch 256, Adam (default betas) at a constant lr 1e-4, 5e5 steps, K = 100 cosine schedule.
+Added, as in Diffusion Policy: gradient-norm clipping (1.0) and an EMA of the weights (``ema.py``); the EMA
+weights are the model handed on (``RUN/model.safetensors``).
+
+Speed: the dataset and the window index live on the training device when they fit (always on CPU), so a batch
+is two ``randint``/gather kernels with no host round trip; on CUDA the step runs under bf16 autocast with TF32
+enabled, Adam is fused, and the loss is only synchronised every ``log_every`` steps.
+
+Determinism and resume: every random draw of a step (window rows, diffusion step k, noise ε) comes from two
+``torch.Generator``s whose states are checkpointed with the weights, the EMA and Adam's moments, so a run
+killed at any point and resumed with ``--resume`` ends bit-identical (on CPU) to one that never stopped.
+
+Distributed: under ``torchrun --nproc_per_node=N`` the global ``batch_size`` is split across N DDP ranks, each
+with its own generators (seeded by rank); rank 0 logs and writes checkpoints holding every rank's RNG state.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from sodp_fast.checkpoint import load_state_checked, load_tensors, planner_state, save_planner
+from sodp_fast.errors import CheckpointError, SodpError
+from sodp_fast.logging import RunLogger
+from sodp_fast.nn.unet import PRESETS, preset
+from sodp_fast.policy import DiffusionPlanner, PlannerConfig
+from sodp_fast.train.batches import WindowBatches
+from sodp_fast.train.ema import EMA
+from sodp_fast.train.runtime import Runtime, setup, teardown
+from sodp_fast.train.state import generator_state, optimizer_from_flat, optimizer_to_flat, set_generator_state
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "train_state.safetensors"
+CONFIG_FILE = "config.json"
+STATE_KIND = "sodp_fast.pretrain_state"
+
+
+class PretrainError(SodpError):
+    """Unusable dataset or options for pre-training."""
+
+
+class DivergedError(SodpError):
+    """The loss (or gradient norm) became NaN or inf."""
+
+
+@dataclass
+class PretrainConfig:
+    data: str
+    out: str
+    tasks: list[str] | None = None  # None: every task of the dataset
+    steps: int = 500_000
+    batch_size: int = 256  # global; split across DDP ranks
+    lr: float = 1e-4
+    grad_clip: float = 1.0
+    ema_power: float = 0.75
+    ema_max_decay: float = 0.9999
+    preset: str = "default"
+    num_timesteps: int = 100
+    seed: int = 0
+    ckpt_every: int = 20_000
+    log_every: int = 100
+    device: str = "auto"
+    amp: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    data_on_device: str = "auto"  # auto: hold the dataset on the device when it takes < half its free memory
+    eval_batch: int = 256  # fixed batch on which the EMA's loss is logged
+    progress: bool = True
+
+    # Options that may differ when resuming: they do not change what is computed.
+    RESUMABLE = ("steps", "ckpt_every", "log_every", "progress")
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise PretrainError(f"unknown preset {self.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+        if self.data_on_device not in ("auto", "yes", "no"):
+            raise PretrainError(f"data_on_device must be auto, yes or no, not {self.data_on_device!r}")
+        for name in ("steps", "batch_size", "ckpt_every", "log_every", "eval_batch", "num_timesteps"):
+            if getattr(self, name) < 1:
+                raise PretrainError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not self.grad_clip > 0:
+            raise PretrainError("lr and grad_clip must be > 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def load_windows(cfg: PretrainConfig, planner_cfg_kw: dict, runtime: Runtime):
+    """Load and check the dataset; returns (WindowBatches, obs_stats, summary dict)."""
+    from sodp_fast.data.format import MANIFEST, load_dataset
+    from sodp_fast.data.windows import concat_episode_ends
+    from sodp_fast.envs.metaworld import ACTION_DIM, OBS_DIM
+
+    root = Path(cfg.data)
+    if not root.is_dir():
+        raise PretrainError(f"dataset folder {root} does not exist")
+    if not (root / MANIFEST).exists():
+        raise PretrainError(f"{root} has no {MANIFEST}: not a dataset (make one with `sodp data generate`)")
+    ds = load_dataset(root, cfg.tasks)
+    if not ds.tasks or sum(d.num_transitions for d in ds.tasks.values()) == 0:
+        raise PretrainError(f"{root}: the dataset holds no transitions")
+    if (ds.obs_dim, ds.action_dim) != (OBS_DIM, ACTION_DIM):
+        raise PretrainError(f"{root}: observations/actions have dims {ds.obs_dim}/{ds.action_dim}, but the "
+                            f"Meta-World tasks {', '.join(ds.tasks)} have {OBS_DIM}/{ACTION_DIM}")
+    obs = np.concatenate([d.observations for d in ds.tasks.values()])
+    actions = np.concatenate([d.actions for d in ds.tasks.values()])
+    ends, _ = concat_episode_ends(ds)
+    device = runtime.device
+    need = WindowBatches.nbytes(len(obs), ds.obs_dim, ds.action_dim)
+    if device.type == "cuda" and (cfg.data_on_device == "no" or (
+            cfg.data_on_device == "auto" and need > torch.cuda.mem_get_info(device)[0] // 2)):
+        device = torch.device("cpu")
+    batches = WindowBatches(obs, actions, ends, planner_cfg_kw["n_obs_steps"], planner_cfg_kw["horizon"],
+                            planner_cfg_kw["n_action_steps"], device)
+    if len(batches) == 0:
+        raise PretrainError(f"{root}: no episode is long enough for a training window")
+    summary = {"root": str(root.resolve()), "tasks": list(ds.tasks), "transitions": int(len(obs)),
+               "episodes": int(len(ends)), "windows": len(batches), "data_device": str(device)}
+    return batches, ds.obs_stats, summary
+
+
+class _Loss(nn.Module):
+    """The planner's loss as a forward(), so that DDP can wrap it."""
+
+    def __init__(self, planner: DiffusionPlanner):
+        super().__init__()
+        self.planner = planner
+
+    def forward(self, obs, actions, generator):
+        return self.planner.loss(obs, actions, generator)
+
+
+class Pretrainer:
+    """Model, EMA, optimiser and RNG of one run; ``train_step()`` is one update (no host synchronisation)."""
+
+    def __init__(self, planner: DiffusionPlanner, batches: WindowBatches, cfg: PretrainConfig, runtime: Runtime):
+        if cfg.batch_size % runtime.world_size:
+            raise PretrainError(f"batch size {cfg.batch_size} is not divisible by {runtime.world_size} processes")
+        self.cfg, self.rt, self.batches = cfg, runtime, batches
+        self.local_batch = cfg.batch_size // runtime.world_size
+        self.planner = planner.to(runtime.device).train()
+        self.ema = EMA(self.planner, cfg.ema_power, cfg.ema_max_decay)
+        self.params = list(self.planner.model.parameters())
+        loss = _Loss(self.planner)
+        if runtime.distributed:
+            ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            loss = DistributedDataParallel(loss, device_ids=ids)
+        self.loss_fn = loss
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, fused=runtime.device.type == "cuda")
+        base = cfg.seed * 1_000_003 + runtime.rank * 7919
+        self.data_gen = torch.Generator(batches.device).manual_seed(base + 1)
+        self.noise_gen = torch.Generator(runtime.device).manual_seed(base + 2)
+        self.step = 0
+        self._zero = torch.zeros((), device=runtime.device)
+        self.loss_sum = self._zero.clone()
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=runtime.device)
+
+    def train_step(self) -> torch.Tensor:
+        obs, act = self.batches.sample(self.local_batch, self.data_gen)
+        obs = obs.to(self.rt.device, non_blocking=True)
+        act = act.to(self.rt.device, non_blocking=True)
+        with self.rt.autocast():
+            loss = self.loss_fn(obs, act, self.noise_gen)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=True)
+        self.optimizer.step()
+        self.step += 1
+        self.ema.update(self.step)
+        loss = loss.detach().float()
+        finite = torch.isfinite(loss) & torch.isfinite(gnorm)
+        self.bad_step = torch.where((self.bad_step < 0) & ~finite, self.step, self.bad_step)
+        self.loss_sum += loss
+        return loss
+
+    def first_bad_step(self) -> int | None:
+        """First step whose loss or gradient norm was not finite, on any rank (synchronises)."""
+        bad = torch.where(self.bad_step < 0, torch.iinfo(torch.long).max, self.bad_step)
+        if self.rt.distributed:
+            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+        b = int(bad)
+        return None if b == torch.iinfo(torch.long).max else b
+
+    def pop_mean_loss(self, n: int) -> float:
+        mean = float(self.loss_sum) / max(1, n)
+        self.loss_sum = self._zero.clone()
+        return mean
+
+    # -- checkpoint state ----------------------------------------------------------------------------
+    def _all_ranks(self, t: torch.Tensor) -> list[torch.Tensor]:
+        if not self.rt.distributed:
+            return [t]
+        comm = t.to(self.rt.device)
+        out = [torch.empty_like(comm) for _ in range(self.rt.world_size)]
+        dist.all_gather(out, comm)
+        return [o.cpu() for o in out]
+
+    def state(self) -> tuple[dict, dict]:
+        """(extra tensors, meta) for ``save_planner``; collective under DDP (call on every rank)."""
+        tensors = {f"ema.{k}": v for k, v in self.ema.model.state_dict().items()}
+        optim_tensors, optim_meta = optimizer_to_flat(self.optimizer)
+        tensors.update(optim_tensors)
+        for name, gen in (("data", self.data_gen), ("noise", self.noise_gen)):
+            for r, s in enumerate(self._all_ranks(generator_state(gen))):
+                tensors[f"rng.{name}.{r}"] = s
+        meta = {"kind": STATE_KIND, "step": self.step, "world_size": self.rt.world_size,
+                "pretrain_config": self.cfg.to_dict(), "optimizer": optim_meta}
+        return tensors, meta
+
+    def load(self, path: Path, tensors: dict, meta: dict) -> None:
+        _, state = planner_state(path, tensors, meta)
+        load_state_checked(path, self.planner, state)
+        ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        load_state_checked(path, self.ema.model, ema)
+        optimizer_from_flat(self.optimizer, tensors, meta["optimizer"], where=str(path))
+        r = self.rt.rank
+        set_generator_state(self.data_gen, tensors[f"rng.data.{r}"], str(path))
+        set_generator_state(self.noise_gen, tensors[f"rng.noise.{r}"], str(path))
+        self.step = int(meta["step"])
+
+
+def _check_resumable(path: Path, meta: dict, cfg: PretrainConfig, runtime: Runtime, planner_cfg: PlannerConfig):
+    if meta.get("kind") != STATE_KIND:
+        raise CheckpointError(f"{path}: not a pre-training state (no '{STATE_KIND}' record)")
+    old = meta["pretrain_config"]
+    for k, v in cfg.to_dict().items():
+        if k not in PretrainConfig.RESUMABLE and old.get(k) != v:
+            raise CheckpointError(f"{path}: checkpoint is from another config ({k}={old.get(k)!r} there, "
+                                  f"{v!r} now); resume with the same options")
+    if meta["world_size"] != runtime.world_size:
+        raise CheckpointError(f"{path}: checkpoint was written by {meta['world_size']} processes, "
+                              f"resuming with {runtime.world_size}")
+    if PlannerConfig.from_dict(meta["planner_config"]) != planner_cfg:
+        raise CheckpointError(f"{path}: checkpoint's planner config differs from this run's")
+    if meta["step"] > cfg.steps:
+        raise CheckpointError(f"{path}: checkpoint is at step {meta['step']}, beyond --steps {cfg.steps}")
+
+
+def build_planner(cfg: PretrainConfig, obs_dim: int, action_dim: int) -> DiffusionPlanner:
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every rerun
+    return DiffusionPlanner(PlannerConfig(obs_dim=obs_dim, action_dim=action_dim, num_timesteps=cfg.num_timesteps,
+                                          unet=preset(cfg.preset)))
+
+
+def _fixed_eval_batch(batches: WindowBatches, cfg: PretrainConfig):
+    gen = torch.Generator(batches.device).manual_seed(cfg.seed + 12345)
+    rows = torch.randint(0, len(batches), (cfg.eval_batch,), device=batches.device, generator=gen)
+    return batches.gather(rows)
+
+
+@torch.no_grad()
+def fixed_batch_loss(planner: DiffusionPlanner, batch, seed: int = 0) -> float:
+    """Loss on a fixed batch with fixed k and ε: comparable across steps, runs and checkpoints."""
+    device = next(planner.parameters()).device
+    obs, act = (x.to(device) for x in batch)
+    was_training = planner.training
+    planner.eval()
+    loss = planner.loss(obs, act, torch.Generator(device).manual_seed(seed))
+    planner.train(was_training)
+    return float(loss)
+
+
+def _data_key(summary: dict) -> dict:
+    """What identifies the training data in a checkpoint (a changed dataset must not be resumed on)."""
+    return {k: summary[k] for k in ("tasks", "transitions", "episodes")}
+
+
+def _save(run: Path, trainer: Pretrainer, data_summary: dict) -> None:
+    tensors, meta = trainer.state()  # collective
+    if not trainer.rt.is_main:
+        return
+    meta["data"] = _data_key(data_summary)
+    save_planner(run / STATE_FILE, trainer.planner, meta, tensors)
+    save_planner(run / MODEL_FILE, trainer.ema.model,
+                 {"kind": "sodp_fast.pretrained_ema", "step": trainer.step, "tasks": data_summary["tasks"],
+                  "dataset": data_summary["root"]})
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False) -> Pretrainer:
+    """Run (or resume) pre-training into ``cfg.out``; returns the trainer (its ``.ema.model`` is the result)."""
+    runtime = setup(cfg.device, cfg.amp)
+    try:
+        return _pretrain(cfg, resume, runtime)
+    finally:
+        teardown(runtime)
+
+
+def _pretrain(cfg: PretrainConfig, resume: bool, runtime: Runtime) -> Pretrainer:
+    run = Path(cfg.out)
+    state_path = run / STATE_FILE
+    if state_path.exists() and not resume:
+        raise PretrainError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and not state_path.exists():
+        raise CheckpointError(f"{state_path}: nothing to resume (no checkpoint was written yet)")
+    defaults = PlannerConfig()
+    window_kw = {k: getattr(defaults, k) for k in ("n_obs_steps", "horizon", "n_action_steps")}
+    batches, stats, summary = load_windows(cfg, window_kw, runtime)
+    planner = build_planner(cfg, len(stats.mean), batches.actions.shape[1])
+    planner.normalizer.set_stats(stats.mean, stats.std)
+    start = 0
+    if resume:
+        tensors, meta = load_tensors(state_path)
+        _check_resumable(state_path, meta, cfg, runtime, planner.config)
+        if meta.get("data") != _data_key(summary):
+            raise CheckpointError(f"{state_path}: checkpoint was trained on different data ({meta.get('data')})")
+    trainer = Pretrainer(planner, batches, cfg, runtime)
+    if resume:
+        trainer.load(state_path, tensors, meta)
+        start = trainer.step
+    if runtime.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / CONFIG_FILE).write_text(json.dumps(
+            {"pretrain": cfg.to_dict(), "planner": planner.config.to_dict(), "world_size": runtime.world_size,
+             "device": str(runtime.device), "amp": str(runtime.amp_dtype), "data": summary}, indent=1))
+    logger = RunLogger(run, resume_step=start if resume else None, enabled=runtime.is_main)
+    eval_batch = _fixed_eval_batch(batches, cfg) if runtime.is_main else None
+    try:
+        _loop(trainer, run, summary, logger, eval_batch, start)
+    finally:
+        logger.close()
+    return trainer
+
+
+def _loop(trainer: Pretrainer, run: Path, summary: dict, logger: RunLogger, eval_batch, start: int) -> None:
+    from tqdm import tqdm
+
+    cfg, rt = trainer.cfg, trainer.rt
+    if start == 0 and rt.is_main:
+        logger.log(0, ema_loss=fixed_batch_loss(trainer.ema.model, eval_batch, cfg.seed))
+    last_good = start if start else None
+    bar = tqdm(total=cfg.steps, initial=start, unit="step", desc="pretrain", disable=not (rt.is_main and cfg.progress),
+               dynamic_ncols=True)
+    t0, since, elapsed = time.perf_counter(), 0, 0.0  # steps/s counts training only, not evals or checkpoints
+    while trainer.step < cfg.steps:
+        trainer.train_step()
+        since += 1
+        bar.update(1)
+        step = trainer.step
+        last = step == cfg.steps
+        ckpt, log = step % cfg.ckpt_every == 0 or last, step % cfg.log_every == 0 or last
+        if not (ckpt or log):
+            continue
+        elapsed += time.perf_counter() - t0
+        bad = trainer.first_bad_step()
+        if bad is not None:
+            where = (f"last good checkpoint: {run / STATE_FILE} (step {last_good})" if last_good
+                     else "no checkpoint was written")
+            raise DivergedError(f"loss became NaN/inf at step {bad}; training stopped ({where})")
+        if log:
+            loss = trainer.pop_mean_loss(since)
+            rate = since / elapsed
+            since, elapsed = 0, 0.0
+            if rt.is_main:
+                ema_loss = fixed_batch_loss(trainer.ema.model, eval_batch, cfg.seed)
+                logger.log(step, loss=loss, ema_loss=ema_loss, steps_per_s=rate)
+                bar.set_postfix(loss=f"{loss:.4f}", ema=f"{ema_loss:.4f}", it_s=f"{rate:.1f}")
+        if ckpt:
+            _save(run, trainer, summary)
+            last_good = step
+            if rt.is_main:
+                logger.plot()
+        t0 = time.perf_counter()
+    bar.close()
+    if rt.distributed:
+        _check_ranks_agree(trainer)
+
+
+def _check_ranks_agree(trainer: Pretrainer) -> None:
+    """DDP keeps replicas identical; a cheap checksum comparison catches a rank that drifted."""
+    total = torch.stack([p.detach().double().sum() for p in trainer.params]).sum().reshape(1)
+    sums = trainer._all_ranks(total)
+    if any(not torch.equal(s, sums[0]) for s in sums):
+        raise SodpError(f"DDP replicas diverged: parameter checksums {[float(s) for s in sums]}")
