@@ -3,10 +3,14 @@
 Each op module registers its implementations here under an op name; callers ask for an op by name and a
 backend. ``auto`` walks ``AUTO_PREFERENCE`` for the tensor's device and takes the first backend that is
 present and registered, so a CPU-only install always lands on the PyTorch reference (the Triton interpreter
-is for tests only, never picked by ``auto``). The order on CUDA devices is NOT yet measured: it is the prior
-that a fused kernel (one launch, one pass over memory) beats eager PyTorch's chain of ~5–15 launches on these
-small, launch-bound tensors. ``benchmarks/bench_ops.py`` prints the fastest backend per op on a GPU; it is a
-plain list so a measurement that says otherwise changes one line.
+is for tests only, never picked by ``auto``).
+
+On CUDA devices ``auto`` also picks the reference until a GPU run has validated and timed the fused kernels:
+they are tested against float64 references in the CPU interpreter and by GPU-only tests, but no GPU has run
+them yet, and a default must not rest on an unmeasured prior. ``benchmarks/gpu_session.sh`` runs the GPU tests
+and ``benchmarks/bench_ops.py`` (which prints the fastest backend per op); once ``profiles/`` holds that run,
+the measured order goes into ``AUTO_PREFERENCE["cuda"]`` (one line). Until then ask for ``backend="cuda"`` or
+``"triton"`` (or ``SODP_BACKEND``) explicitly.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from typing import Callable
 import torch
 
 BACKENDS = ("torch", "triton", "cuda")
-AUTO_PREFERENCE = {"cuda": ("cuda", "triton", "torch"), "cpu": ("torch",)}
+AUTO_PREFERENCE = {"cuda": ("torch",), "cpu": ("torch",)}
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}
 _default_backend = os.environ.get("SODP_BACKEND", "auto")
@@ -59,13 +63,23 @@ def set_default_backend(backend: str) -> None:
 
 
 def resolve(op: str, backend: str | None, device: torch.device) -> str:
-    """The concrete backend ``get`` would use; raises a one-line error for a backend that cannot run."""
-    backend = backend or _default_backend
+    """The concrete backend ``get`` would use; raises a one-line error for a backend that cannot run.
+
+    A backend named in the call is strict. The process-wide default (``set_default_backend`` /
+    ``SODP_BACKEND``) is a preference: an op without that backend falls back to the next faster one (e.g. the
+    FiLM epilogue has no CUDA C++ version, so ``cuda`` gives it the Triton kernel).
+    """
     impls = _REGISTRY.get(op)
     if impls is None:
         raise KeyError(f"no fused op named {op!r}; registered: {sorted(_REGISTRY)}")
-    if backend == "auto":
-        for cand in AUTO_PREFERENCE.get(device.type, ("torch",)):
+    if backend is None and _default_backend != "auto":
+        order = BACKENDS[: BACKENDS.index(_default_backend) + 1][::-1]  # e.g. cuda → triton → torch
+    elif (backend or _default_backend) == "auto":
+        order = AUTO_PREFERENCE.get(device.type, ("torch",))
+    else:
+        order = None
+    if order is not None:
+        for cand in order:
             if cand in impls and backend_present(cand):
                 return cand
         return "torch"
