@@ -9,37 +9,19 @@ renamed, so a crash leaves either the old checkpoint or the new one, never half 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from sodp_fast.atomic import atomic_write
 from sodp_fast.errors import CheckpointError
 from sodp_fast.policy import DiffusionPlanner, PlannerConfig
 
 FORMAT = "sodp_fast.checkpoint"
 VERSION = 1
 _MODEL_PREFIX = "planner."
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then fsync and rename onto ``path`` (same directory, so the rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict) -> None:

@@ -20,13 +20,12 @@ statistics pool them exactly.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from sodp_fast.atomic import atomic_write
 from sodp_fast.envs.tasks import resolve_tasks
 from sodp_fast.errors import SodpError
 
@@ -112,28 +111,19 @@ class MultiTaskDataset:
     manifest: dict = field(repr=False)
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _write_npy(tmp: str, array: np.ndarray) -> None:
+    with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a bare path
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
     """Write one ``.npy`` atomically."""
-    _atomic_write(Path(path), lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+    atomic_write(path, lambda tmp: _write_npy(tmp, array))
 
 
 def save_json(path: Path, obj: dict) -> None:
     """Write one JSON file atomically."""
-    _atomic_write(Path(path), lambda f: f.write(json.dumps(obj, indent=1).encode()))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
 
 
 def read_json(path: Path) -> dict:
