@@ -256,6 +256,14 @@ class ChunkVecEnv:
         self._call(("reset", self._episode_seeds()))
         return self._bufs.obs.copy()
 
+    def seek(self, episode: int) -> None:
+        """Make the next ``reset`` start episode ``episode`` (0-based). Episode seeds depend only on
+        (seed, env index, episode), so a resumed run or a repeated evaluation sees the same goals and
+        initial states as the original."""
+        if episode < 0:
+            raise ValueError(f"episode must be >= 0, got {episode}")
+        self._episode = episode - 1
+
     def _episode_seeds(self) -> list[int]:
         return [_episode_seed(self.seed, i, self._episode) for i in range(self.num_envs)]
 

@@ -1,0 +1,179 @@
+"""The two buffers of SODP fine-tuning (Algorithm 1): the replay buffer B and the target buffer B_target.
+
+* **B** holds chunks as the sampler produced them: observation history, the whole denoising chain (S + 1
+  latents), the S old log-probs and the chunk reward r(a⁰). The PPO loss (Eq. 12) is an importance-sampling
+  estimate around the policy that drew the chains, so only recent chains carry a useful ratio: B keeps the
+  chunks of the last ``capacity`` rollout iterations (default 1, i.e. on-policy PPO; older chains mostly fall
+  outside the clip band and contribute no gradient). Minibatches are drawn jointly over chains × denoising
+  steps, as DPPO does, so one batch mixes steps of many chains.
+* **B_target** works at trajectory level (paper §3.2: "we utilize a trajectory-level buffer"). It keeps the
+  ``capacity`` most proficient trajectories seen so far, ranked by (success, return): successful episodes
+  first, and among equals the higher return, so before any success it holds the top-n by return. BC pairs
+  are (observation history at a chunk start, the Tp actions actually executed from there), padded with the
+  last action at the episode end as pre-training windows are. Executed actions rather than the planned a⁰:
+  they are what produced the return that made the trajectory proficient.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class Chunks:
+    """Rows = (chunk, env) pairs of one rollout iteration; what B stores."""
+
+    obs: torch.Tensor        # [M, To, D] observation history the chain was conditioned on
+    latents: torch.Tensor    # [M, S + 1, Tp, A] x_K … x_0
+    log_probs: torch.Tensor  # [M, S] log-prob of each transition under the policy that sampled it
+    rewards: torch.Tensor    # [M] chunk reward r(a⁰): sum of the executed rewards (γ = 1)
+
+    def __len__(self) -> int:
+        return self.rewards.shape[0]
+
+    def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.{f.name}": getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str, device) -> "Chunks":
+        return cls(**{f.name: tensors[f"{prefix}.{f.name}"].to(device) for f in fields(cls)})
+
+    @staticmethod
+    def cat(parts: list["Chunks"]) -> "Chunks":
+        return Chunks(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Chunks)))
+
+
+@dataclass
+class RowBatch:
+    """A minibatch of denoising transitions drawn jointly over chains × steps."""
+
+    obs: torch.Tensor          # [B, To, D]
+    transitions: torch.Tensor  # [B, 2, Tp, A] (x_k, x_{k-1})
+    steps: torch.Tensor        # [B] index of the transition in its chain (0 = first, from noise)
+    old_log_probs: torch.Tensor  # [B]
+    advantages: torch.Tensor   # [B] the chain's (normalised) chunk reward, broadcast to every step
+    clean: torch.Tensor        # [B, Tp, A] the chain's final sample x_0 (for the PL regulariser)
+
+
+class ReplayBuffer:
+    """B: chunks of the last ``capacity`` rollout iterations."""
+
+    def __init__(self, capacity: int = 1):
+        if capacity < 1:
+            raise ValueError("replay capacity must be >= 1 iteration")
+        self.capacity = capacity
+        self.parts: deque[Chunks] = deque(maxlen=capacity)
+        self._all: Chunks | None = None
+
+    def add(self, chunks: Chunks) -> None:
+        self.parts.append(chunks)
+        self._all = None
+
+    @property
+    def chunks(self) -> Chunks:
+        if self._all is None:
+            if not self.parts:
+                raise RuntimeError("the replay buffer is empty")
+            self._all = Chunks.cat(list(self.parts))
+        return self._all
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def sample(self, batch_size: int, advantages: torch.Tensor, generator: torch.Generator) -> RowBatch:
+        """``advantages`` [M] per chain of :attr:`chunks` (see ``losses.chunk_advantages``)."""
+        c = self.chunks
+        s = c.log_probs.shape[1]
+        rows = torch.randint(0, len(c) * s, (batch_size,), device=c.rewards.device, generator=generator)
+        chain, step = rows // s, rows % s
+        trans = torch.stack([c.latents[chain, step], c.latents[chain, step + 1]], 1)
+        return RowBatch(c.obs[chain], trans, step, c.log_probs[chain, step], advantages[chain],
+                        c.latents[chain, -1])
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {}
+        for i, p in enumerate(self.parts):
+            tensors.update(p.to_tensors(f"replay.{i}"))
+        return tensors, {"parts": len(self.parts)}
+
+    def load(self, tensors: dict, meta: dict, device) -> None:
+        self.parts.clear()
+        for i in range(meta["parts"]):
+            self.add(Chunks.from_tensors(tensors, f"replay.{i}", device))
+
+
+@dataclass(eq=False)
+class Trajectory:
+    """One episode as B_target sees it."""
+
+    obs: torch.Tensor      # [C, To, D] observation history at each chunk start
+    actions: torch.Tensor  # [L, A] executed actions; chunk c starts at step c·Ta
+    ret: float
+    success: bool
+
+    @property
+    def rank(self) -> tuple[bool, float]:
+        return self.success, self.ret
+
+
+class TargetBuffer:
+    """B_target: the ``capacity`` most proficient trajectories, served as (obs history, Tp actions) pairs."""
+
+    def __init__(self, capacity: int, horizon: int, n_action_steps: int):
+        if capacity < 1:
+            raise ValueError("target buffer capacity must be >= 1 trajectory")
+        self.capacity, self.horizon, self.n_action_steps = capacity, horizon, n_action_steps
+        self.trajectories: list[Trajectory] = []
+        self._pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.trajectories)
+
+    def offer(self, traj: Trajectory) -> bool:
+        """Keep ``traj`` if it ranks among the best ``capacity``; True if it was kept. Ties keep the older."""
+        ranked = sorted(self.trajectories + [traj], key=lambda t: t.rank, reverse=True)  # stable
+        kept = any(t is traj for t in ranked[: self.capacity])
+        if kept:
+            self.trajectories = ranked[: self.capacity]
+            self._pairs = None
+        return kept
+
+    def windows(self, traj: Trajectory) -> tuple[torch.Tensor, torch.Tensor]:
+        """(obs [C, To, D], actions [C, Tp, A]) of one trajectory; the plan is padded with the last action."""
+        n_chunks, length = traj.obs.shape[0], traj.actions.shape[0]
+        starts = torch.arange(n_chunks, device=traj.actions.device) * self.n_action_steps
+        idx = (starts[:, None] + torch.arange(self.horizon, device=starts.device)).clamp(max=length - 1)
+        return traj.obs, traj.actions[idx]
+
+    @property
+    def pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pairs is None:
+            if not self.trajectories:
+                raise RuntimeError("the target buffer is empty")
+            obs, act = zip(*(self.windows(t) for t in self.trajectories))
+            self._pairs = torch.cat(obs), torch.cat(act)
+        return self._pairs
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        obs, act = self.pairs
+        rows = torch.randint(0, obs.shape[0], (batch_size,), device=obs.device, generator=generator)
+        return obs[rows], act[rows]
+
+    def stats(self) -> dict[str, float]:
+        rets = [t.ret for t in self.trajectories]
+        return {"target_size": len(rets), "target_return_mean": sum(rets) / max(len(rets), 1),
+                "target_success_share": sum(t.success for t in self.trajectories) / max(len(rets), 1)}
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {}
+        for i, t in enumerate(self.trajectories):
+            tensors[f"target.{i}.obs"], tensors[f"target.{i}.actions"] = t.obs, t.actions
+        return tensors, {"trajectories": [[t.ret, t.success] for t in self.trajectories]}
+
+    def load(self, tensors: dict, meta: dict, device) -> None:
+        self.trajectories = [Trajectory(tensors[f"target.{i}.obs"].to(device),
+                                        tensors[f"target.{i}.actions"].to(device), float(r), bool(s))
+                             for i, (r, s) in enumerate(meta["trajectories"])]
+        self._pairs = None

@@ -1,0 +1,119 @@
+"""Fine-tuning losses: the reward-improvement loss L_imp (Eq. 12) and the regularisers of Eq. 14, 23 and 24.
+
+L_imp is PPO's clipped surrogate over every denoising step of a stored chain, with the chunk reward of the
+chain broadcast to all its steps (computed by ``sodp_fast.ops.ppo_clip_loss``). The regularisers differ in
+the target policy μ they pull towards (paper Appendix E):
+
+* ``bc`` (SODP, Eq. 14): μ = the proficient trajectories of B_target; the ε-prediction loss on their actions.
+* ``kl`` (DPOK-like, Eq. 23): μ = the frozen pre-trained model; Σ_k KL(p_θ(x_{k−1}|x_k) ‖ p_pre(x_{k−1}|x_k))
+  on the stored chains. Both are Gaussians with the same std σ_k (the sampler's floored std), so each KL is
+  ‖μ_θ − μ_pre‖² / (2σ_k²) summed over the Tp × A latent dims.
+* ``pl`` (DLPO-like, Eq. 24): μ = θ itself; the ε-prediction loss on the model's own samples x_0 from B.
+* ``none``: L_imp alone (DDPO / DPPO style).
+
+Reward normalisation (``chunk_advantages``). Eq. 12 weights each chain by the raw chunk reward. Meta-World
+rewards are all positive (a chunk earns up to ~80), so a raw weight raises the likelihood of *every* sampled
+chain, and only the differences between rewards carry signal; the step size then scales with the task's reward
+range. ``batch`` (the default) standardises the rewards over the chains in B — a per-iteration baseline and
+scale, the same device DDPO uses (per-prompt statistics) and DPPO (advantage normalisation). ``running``
+standardises with running statistics over all chains seen so far (a slower baseline that lags the policy);
+``none`` is Eq. 12 verbatim.
+"""
+from __future__ import annotations
+
+import torch
+
+from sodp_fast.ops.ddim_step import ddim_mean_torch
+from sodp_fast.ops.ppo_loss import ppo_clip_loss
+from sodp_fast.train.buffers import RowBatch, TargetBuffer
+
+REWARD_NORMS = ("none", "batch", "running")
+REGULARIZERS = ("bc", "kl", "pl", "none")
+_EPS = 1e-8
+
+
+class RunningMoments:
+    """Mean and variance of every reward seen so far (Chan et al. parallel update, float64)."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double().flatten()
+        n, mean = x.numel(), float(x.mean())
+        m2 = float(((x - mean) ** 2).sum())
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / max(self.count - 1, 1)) ** 0.5
+
+    def state(self) -> list[float]:
+        return [self.count, self.mean, self.m2]
+
+    def load(self, state: list[float]) -> None:
+        self.count, self.mean, self.m2 = int(state[0]), float(state[1]), float(state[2])
+
+
+def chunk_advantages(rewards: torch.Tensor, mode: str, running: RunningMoments | None = None) -> torch.Tensor:
+    """The per-chain weight of Eq. 12: the raw chunk reward or its standardised value (see module doc)."""
+    if mode == "none":
+        return rewards
+    if mode == "batch":
+        return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + _EPS)
+    if mode == "running":
+        return (rewards - running.mean) / (running.std + _EPS)
+    raise ValueError(f"reward normalisation must be one of {REWARD_NORMS}, not {mode!r}")
+
+
+def improvement_loss(planner, batch: RowBatch, clip_eps: float, backend: str | None = None):
+    """Eq. 12 on a minibatch of transitions → (loss, clip_frac, approx_kl)."""
+    new = planner.chain_log_prob(batch.obs, batch.transitions, batch.steps, backend=backend)
+    return ppo_clip_loss(new, batch.old_log_probs, batch.advantages, clip_eps, backend)
+
+
+def bc_loss(planner, target: TargetBuffer, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Eq. 14: ε-prediction loss on (obs history, executed actions) pairs of proficient trajectories."""
+    obs, actions = target.sample(batch_size, generator)
+    return planner.loss(obs, actions, generator=generator)
+
+
+def step_means(planner, obs: torch.Tensor, x_t: torch.Tensor, steps: torch.Tensor):
+    """Mean [B, Tp·A] and std [B, 1] of p(x_{k−1} | x_k) at sampler step indices ``steps``."""
+    sampler = planner.sampler
+    eps = planner.model(x_t, sampler.timesteps.to(steps.device)[steps], planner.encode_obs(obs))
+    coef = sampler.coef.to(device=x_t.device, dtype=x_t.dtype)[steps]
+    return ddim_mean_torch(x_t.flatten(1), eps.flatten(1), coef, sampler.clip)
+
+
+def kl_loss(planner, reference, batch: RowBatch) -> torch.Tensor:
+    """Eq. 23 on stored chains: E_chain Σ_k KL(p_θ ‖ p_pre), estimated from the minibatch's (chain, step) rows."""
+    x_t = batch.transitions[:, 0]
+    mean, std = step_means(planner, batch.obs, x_t, batch.steps)
+    with torch.no_grad():
+        ref_mean, _ = step_means(reference, batch.obs, x_t, batch.steps)
+    per_row = ((mean - ref_mean) ** 2 / (2 * std**2)).sum(1)
+    return per_row.mean() * planner.sampler.num_steps
+
+
+def pl_loss(planner, batch: RowBatch, generator: torch.Generator) -> torch.Tensor:
+    """Eq. 24: the ε-prediction loss on the model's own samples x_0 (clipped to the action box)."""
+    return planner.loss(batch.obs, batch.clean.clamp(-1, 1), generator=generator)
+
+
+def regularizer(kind: str, planner, batch: RowBatch, target: TargetBuffer | None, reference,
+                batch_size: int, generator: torch.Generator) -> torch.Tensor | None:
+    """The regulariser of variant ``kind`` (None for ``none``)."""
+    if kind == "bc":
+        return bc_loss(planner, target, batch_size, generator)
+    if kind == "kl":
+        return kl_loss(planner, reference, batch)
+    if kind == "pl":
+        return pl_loss(planner, batch, generator)
+    if kind == "none":
+        return None
+    raise ValueError(f"regulariser must be one of {REGULARIZERS}, not {kind!r}")

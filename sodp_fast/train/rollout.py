@@ -1,0 +1,158 @@
+"""Rollouts for fine-tuning: one batched ``planner.sample`` per chunk for all envs, every chain recorded.
+
+Overlap. The envs can be split into ``G`` groups (separate vector envs, each with its own workers). Chunk by
+chunk, the planner samples for group g while the workers of the other groups step their previous chunk (the
+step call runs on a helper thread; it only waits on worker pipes and releases the GIL), so env stepping hides
+behind sampling. With G = 1 sampling and stepping alternate. Measured on 2 CPU cores (tiny preset, reach,
+8 envs, benchmarks/bench_finetune.py) G = 2 is *slower* (261 vs 420 env steps/s): on CPU sampling is
+per-call overhead bound, so two half-size calls cost twice one, and the sampler competes with the workers
+for the same cores. G = 2 is meant for a GPU, where sampling does not use the workers' cores (unmeasured). Results do not depend on timing: groups are
+sampled in a fixed order from one generator, and each env's episode is a function of its seed.
+
+The update itself is not overlapped with the next rollout: PPO's ratios assume the chains come from the
+current policy, and a rollout with one-update-old parameters would make B off-policy by construction.
+
+Timers. ``Timers`` accumulates wall time per phase (env = time spent *waiting* for env results, so with
+overlap it is the env time not hidden behind sampling) and opens an NVTX range per phase when the ``nvtx``
+package is installed, so Nsight timelines show rollout / sample / update / eval.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sodp_fast.train.buffers import Chunks, Trajectory
+
+try:
+    import nvtx
+
+    _nvtx_range = nvtx.annotate
+except ImportError:  # optional: only Nsight profiling uses it
+    def _nvtx_range(_name):
+        return contextlib.nullcontext()
+
+
+class Timers:
+    """``with timers("sample"): …`` adds the elapsed seconds to ``timers.seconds["sample"]``."""
+
+    def __init__(self, sync_cuda: bool = False):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.sync_cuda = sync_cuda
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        with _nvtx_range(phase):
+            yield
+            if self.sync_cuda:
+                torch.cuda.synchronize()
+        self.seconds[phase] += time.perf_counter() - t0
+
+    def shares(self) -> dict[str, float]:
+        total = sum(self.seconds.values()) or 1.0
+        return {f"time_{k}": v / total for k, v in self.seconds.items()}
+
+
+@dataclass
+class Episode:
+    """One rollout iteration: every env ran one whole episode."""
+
+    chunks: Chunks                   # rows in (chunk, env) order
+    trajectories: list[Trajectory]   # one per env
+    returns: np.ndarray              # [N]
+    success: np.ndarray              # [N] bool
+    env_steps: int
+
+
+class _GroupRecord:
+    """Per-chunk records of one env group."""
+
+    def __init__(self):
+        self.obs, self.latents, self.log_probs, self.rewards, self.actions = [], [], [], [], []
+        self.success = None
+        self.done = False
+
+
+class OnlineSource:
+    """Collects episodes from vector envs (ChunkVecEnv interface: seek, reset, step_chunk, num_envs, close)."""
+
+    def __init__(self, envs: list, device: torch.device, timers: Timers):
+        self.envs, self.device, self.timers = envs, device, timers
+        self.num_envs = sum(e.num_envs for e in envs)
+        self._pool = ThreadPoolExecutor(max_workers=1) if len(envs) > 1 else None
+
+    def seek(self, iteration: int) -> None:
+        for env in self.envs:
+            env.seek(iteration)
+
+    def _step(self, env, actions: np.ndarray):
+        if self._pool is None:
+            with self.timers("env"):
+                return _Done(env.step_chunk(actions))
+        return self._pool.submit(env.step_chunk, actions)
+
+    @torch.no_grad()
+    def collect(self, planner, generator: torch.Generator) -> Episode:
+        recs = [_GroupRecord() for _ in self.envs]
+        with self.timers("env"):
+            obs = [env.reset() for env in self.envs]
+        pending = [None] * len(self.envs)
+        while not all(r.done for r in recs):
+            for g, (env, rec) in enumerate(zip(self.envs, recs)):
+                if pending[g] is not None:
+                    with self.timers("env"):
+                        out = pending[g].result()
+                    pending[g] = None
+                    rec.rewards.append(torch.as_tensor(out.reward, dtype=torch.float32))
+                    rec.actions[-1] = rec.actions[-1][:, : int(out.steps[0])]
+                    rec.success, rec.done, obs[g] = out.success, bool(out.done.all()), out.obs
+                if rec.done:
+                    continue
+                with self.timers("sample"):
+                    o = torch.from_numpy(obs[g]).to(self.device)
+                    chain = planner.sample(o, generator=generator)
+                    actions = planner.executed_actions(chain.sample).float().cpu()
+                rec.obs.append(o)
+                rec.latents.append(chain.latents)
+                rec.log_probs.append(chain.log_probs)
+                rec.actions.append(actions)
+                pending[g] = self._step(env, actions.numpy())
+        return self._assemble(recs)
+
+    def _assemble(self, recs: list[_GroupRecord]) -> Episode:
+        def stack(name):  # [C, N, ...]: chunks stacked, groups joined along the env dim
+            return torch.cat([torch.stack(getattr(r, name)) for r in recs], 1)
+
+        obs, latents, log_probs = stack("obs"), stack("latents"), stack("log_probs")
+        rewards = stack("rewards").to(self.device)
+        # executed actions [N, L, A]; the last chunk may be shorter (truncation), so join along time
+        actions = torch.cat([torch.cat([r.actions[c] for r in recs]) for c in range(len(recs[0].actions))], 1)
+        actions = actions.to(self.device)
+        returns = rewards.sum(0).cpu().double().numpy()
+        success = np.concatenate([r.success for r in recs])
+        trajectories = [Trajectory(obs[:, i], actions[i], float(returns[i]), bool(success[i]))
+                        for i in range(obs.shape[1])]
+        chunks = Chunks(obs.flatten(0, 1), latents.flatten(0, 1), log_probs.flatten(0, 1), rewards.flatten())
+        return Episode(chunks, trajectories, returns, success, actions.shape[0] * actions.shape[1])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+        for env in self.envs:
+            env.close()
+
+
+class _Done:
+    """A finished 'future' for the single-group path (no thread needed)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value

@@ -1,0 +1,173 @@
+"""Fine-tuning end to end: learning on a known-answer toy env, variants, bad input, resume, Meta-World smoke."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from sodp_fast.checkpoint import load_planner, load_tensors, save_planner
+from sodp_fast.cli import main
+from sodp_fast.errors import CheckpointError
+from sodp_fast.train.finetune import STATE_FILE, DivergedError, FinetuneConfig, finetune
+from tests.toy_env import ACTION_DIM, OBS_DIM, TARGET, make_toy_env, pretrain_broad
+
+ITER = 16 * 8  # env steps per toy iteration: 8 envs × 16-step episodes
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("toy") / "pre.safetensors"
+    save_planner(path, pretrain_broad(steps=200))
+    return str(path)
+
+
+def toy_cfg(out, ckpt, **kw) -> FinetuneConfig:
+    base = dict(out=str(out), task="toy", ckpt=ckpt, env_steps=12 * ITER, num_envs=8, env_groups=1,
+                max_episode_steps=16, n_init=8, grad_steps=10, batch_size=64, lr=1e-3, lr_decay=1.0,
+                target_size=4, eval_every=10**9, eval_episodes=8, eval_num_envs=8, ckpt_every=10**9,
+                device="cpu", progress=False)
+    return FinetuneConfig(**{**base, **kw})
+
+
+def evals(run) -> list[tuple[int, float]]:
+    return [(r["step"], r["eval_return_mean"]) for r in map(json.loads, open(Path(run) / "metrics.jsonl"))
+            if "eval_return_mean" in r]
+
+
+def test_toy_finetuning_learns_and_bc_leads_none(toy_ckpt, tmp_path):
+    """Per-step reward −‖a − a*‖²: the broad prior scores ≈ −14 per 16-step episode, the optimum 0."""
+    curves = {}
+    for reg in ("bc", "none"):
+        finetune(toy_cfg(tmp_path / reg, toy_ckpt, reg=reg), make_env=make_toy_env)
+        curves[reg] = evals(tmp_path / reg)
+    (s0, pre), (_, bc) = curves["bc"][0], curves["bc"][-1]
+    none = curves["none"][-1][1]
+    print(f"eval return: pre-trained {pre:.2f}, bc {bc:.2f}, none {none:.2f}")
+    assert s0 == 0 and pre < -8
+    assert bc > 0.25 * pre            # BC: most of the gap to the optimum closed in 11 iterations
+    assert none > pre + 0.1 * abs(pre)  # L_imp alone also improves on this toy (no skill to forget) ...
+    assert bc > none                  # ... but more slowly: BC also pulls towards the proficient trajectories
+    model, meta, _ = load_planner(tmp_path / "bc" / "model.safetensors")
+    assert meta["env_steps"] == 12 * ITER
+
+
+def test_kl_pl_scratch_variants_run(toy_ckpt, tmp_path):
+    for kw in (dict(reg="kl"), dict(reg="pl"), dict(reg="bc", from_scratch=True, reward_norm="running")):
+        out = tmp_path / "_".join(map(str, kw.values()))
+        s = finetune(toy_cfg(out, toy_ckpt, env_steps=3 * ITER, **kw), make_env=make_toy_env)
+        assert s["iterations"] == 3 and np.isfinite(s["final_eval_return_mean"])
+        rec = [json.loads(l) for l in open(out / "metrics.jsonl")]
+        if kw["reg"] in ("kl", "pl"):
+            assert any(f"loss_{kw['reg']}" in r for r in rec)
+
+
+def test_offline_variant_uses_the_dataset(toy_ckpt, tmp_path):
+    from sodp_fast.data.format import TaskData, write_manifest, write_task
+
+    rng = np.random.default_rng(0)
+    n_ep, length = 6, 16
+    obs = np.repeat(rng.standard_normal((n_ep, 1, OBS_DIM)), length, 1).reshape(-1, OBS_DIM).astype(np.float32)
+    noise = np.linspace(0.05, 1.0, n_ep)[:, None, None]  # episode 0 is the most proficient
+    actions = np.clip(TARGET + noise * rng.standard_normal((n_ep, length, ACTION_DIM)), -1, 1).astype(np.float32)
+    rewards = -((actions - TARGET) ** 2).sum(-1).astype(np.float32)
+    write_task(tmp_path / "data", TaskData("reach-v3", obs, actions.reshape(-1, ACTION_DIM), rewards.ravel(),
+                                           np.arange(1, n_ep + 1) * length, np.zeros(n_ep, bool)))
+    write_manifest(tmp_path / "data")
+    s = finetune(toy_cfg(tmp_path / "off", toy_ckpt, task="reach", offline_data=str(tmp_path / "data"),
+                         env_steps=4 * ITER, target_size=2), make_env=make_toy_env)
+    assert s["iterations"] == 4 and s["env_steps"] == 4 * 8 * length
+    evals_off = evals(tmp_path / "off")
+    assert evals_off[-1][1] > evals_off[0][1]
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(toy_ckpt, tmp_path):
+    with pytest.raises(DivergedError, match=r"gradient step 1 \(iteration 2"):
+        finetune(toy_cfg(tmp_path, toy_ckpt, reg_weight=float("nan")), make_env=make_toy_env)
+    _, meta = load_tensors(tmp_path / STATE_FILE)
+    assert meta["iteration"] == 1 and meta["grad_steps"] == 0  # the post-init checkpoint, untouched
+
+
+def test_mismatched_dims_and_unknown_task_are_one_line_errors(toy_ckpt, tmp_path, capsys):
+    wide = lambda n, seed, w=None: make_toy_env(n, seed, obs_dim=OBS_DIM + 2)  # noqa: E731
+    with pytest.raises(CheckpointError, match="obs_dim=3, but the task env has obs_dim=5"):
+        finetune(toy_cfg(tmp_path / "a", toy_ckpt), make_env=wide)
+    code = main(["finetune", "--task", "reachh", "--ckpt", toy_ckpt, "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "unknown Meta-World task 'reachh'" in err
+    code = main(["finetune", "--task", "reach", "--ckpt", toy_ckpt, "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "obs_dim=3, but the task env has obs_dim=39" in err
+
+
+_CHILD = """
+import sys
+sys.path.insert(0, {repo!r})
+from tests.test_finetune import toy_cfg
+from tests.toy_env import make_toy_env
+from sodp_fast.train.finetune import finetune
+finetune(toy_cfg({out!r}, {ckpt!r}, env_steps=10**7, ckpt_every=1), make_env=make_toy_env)
+"""
+
+
+def _iteration(state: Path) -> int:
+    try:
+        with safe_open(str(state), "pt") as f:
+            return json.loads(f.metadata()["meta"])["iteration"]
+    except Exception:
+        return -1
+
+
+def test_kill_and_resume_is_bit_identical(toy_ckpt, tmp_path):
+    total = 7 * ITER
+    finetune(toy_cfg(tmp_path / "straight", toy_ckpt, env_steps=total, ckpt_every=1), make_env=make_toy_env)
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD.format(repo=str(REPO), out=str(out), ckpt=toy_ckpt)],
+                            env=env)
+    try:
+        deadline = time.time() + 120
+        while _iteration(out / STATE_FILE) < 3:
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_at = _iteration(out / STATE_FILE)
+    assert 3 <= killed_at < 7
+    finetune(toy_cfg(out, toy_ckpt, env_steps=total, ckpt_every=1), resume=True, make_env=make_toy_env)
+    a, _ = load_tensors(tmp_path / "straight" / "model.safetensors")
+    b, _ = load_tensors(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(l)["step"] for l in open(out / "metrics.jsonl")]
+    assert steps == sorted(steps)  # records past the checkpoint were dropped on resume
+
+
+def test_metaworld_smoke_and_plot(tmp_path):
+    from sodp_fast.nn.unet import preset
+    from sodp_fast.plots import plot_runs
+    from sodp_fast.policy import DiffusionPlanner, PlannerConfig
+
+    torch.manual_seed(0)
+    save_planner(tmp_path / "pre.safetensors", DiffusionPlanner(PlannerConfig(unet=preset("tiny"))))
+    code = main(["finetune", "--task", "reach", "--ckpt", str(tmp_path / "pre.safetensors"), "--out",
+                 str(tmp_path / "run"), "--env-steps", "96", "--num-envs", "2", "--env-groups", "2",
+                 "--num-workers", "2", "--max-episode-steps", "24", "--n-init", "2", "--grad-steps", "2",
+                 "--batch-size", "32", "--eval-episodes", "2", "--eval-num-envs", "2", "--device", "cpu",
+                 "--no-progress"])
+    assert code == 0
+    run = tmp_path / "run"
+    recs = [json.loads(l) for l in open(run / "metrics.jsonl")]
+    assert [r["step"] for r in recs if "eval_success_rate" in r] == [0, 96]
+    train = [r for r in recs if "loss_imp" in r]
+    assert train and all(np.isfinite(r["loss_imp"]) and np.isfinite(r["loss_bc"]) for r in train)
+    assert load_planner(run / "model.safetensors", expect={"obs_dim": 39, "action_dim": 4})
+    assert (run / "curves.png").exists() and json.loads((run / "summary.json").read_text())["env_steps"] == 96
+    assert plot_runs([run, run], tmp_path / "fig.png", labels=["a", "b"]).exists()
