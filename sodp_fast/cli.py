@@ -8,7 +8,7 @@ import sys
 
 from sodp_fast.errors import SodpError
 
-COMMANDS = ["info", "data"]
+COMMANDS = ["info", "data", "pretrain", "eval", "bench", "finetune", "plot", "repro"]
 
 
 def build_parser() -> argparse.ArgumentParser:

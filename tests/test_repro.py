@@ -1,0 +1,123 @@
+"""``sodp repro``: a micro preset runs end to end on real Meta-World, writes the table, plot and JSON, and a
+rerun after a kill or a deleted marker redoes only the unfinished stages."""
+import json
+import shutil
+
+import pytest
+
+from sodp_fast import cli, repro
+from sodp_fast.repro import Pipeline, ReproError, get_preset
+
+# Everything tiny: one task, 2 episodes of 40 steps of data, 20 pre-training steps, 2 × 80 env steps of
+# fine-tuning after one init iteration, 2 evaluation episodes; envs in-process (no worker start-up).
+MICRO = dict(tasks=("reach",), transitions_per_task=80, max_episode_steps=40, unet="tiny", pretrain_steps=20,
+             pretrain_batch=16, finetune_env_steps=240, finetune_num_envs=2, finetune_grad_steps=2,
+             finetune_n_init=2, finetune_eval_every=80, finetune_eval_episodes=2, eval_episodes=2, seeds=(0,),
+             ablation_task="reach", data_workers=0, env_workers=0, device="cpu")
+
+
+def micro():
+    return get_preset("quickstart", **MICRO)
+
+
+def markers(out):
+    return {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The micro run, killed once in the middle of the ablation's fine-tuning and then rerun to the end."""
+    import sodp_fast.train.finetune as ft
+
+    out = tmp_path_factory.mktemp("repro") / "run"
+    real_update, real_finetune, resumed = ft.Finetuner.update, ft.finetune, []
+
+    def killed_update(self):
+        if self.cfg.reg == "none":
+            raise KeyboardInterrupt  # after the init rollouts' checkpoint, before the first update
+        return real_update(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ft.Finetuner, "update", killed_update)
+        with pytest.raises(KeyboardInterrupt):
+            repro.run(micro(), out, progress=False, command="test")
+    at_kill = markers(out)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ft, "finetune", lambda cfg, resume=False: resumed.append((cfg.reg, resume))
+                   or real_finetune(cfg, resume))
+        results = repro.run(micro(), out, progress=False, command="test")
+    return out, results, at_kill, resumed
+
+
+def test_micro_preset_runs_end_to_end(finished):
+    out, res = finished[:2]
+    for name in ("results.json", "results.md", "curves.png", "command.txt", "machine.txt", "repro.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert len(markers(out)) == 8  # data, pretrain, eval-pretrained, 2 × (finetune, eval), report
+    [row] = res["tasks"]
+    assert row["task"] == "reach-v3" and row["difficulty"] == "easy"
+    assert 0 <= row["before"]["success_mean"] <= 1 and 0 <= row["after"]["success_mean"] <= 1
+    assert row["delta_points"] == pytest.approx(100 * (row["after"]["success_mean"] - row["before"]["success_mean"]))
+    assert [r["regularizer"] for r in res["ablation"]["rows"]] == ["bc", "none"]
+    assert json.loads((out / "results.json").read_text()) == res
+    md = (out / "results.md").read_text()
+    assert "| reach-v3 | easy |" in md and "| none |" in md and "Goal (+20 points per task)" in md
+    machine = (out / "machine.txt").read_text()
+    assert "cores:" in machine and "torch:" in machine and "cpu:" in machine
+    for label in ("reach-v3-bc-s0", "reach-v3-none-s0"):  # learning curves: before, then after each iteration
+        recs = [json.loads(line) for line in (out / "finetune" / label / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in recs if "eval_success_rate" in r] == [0, 160, 240]  # init iteration: 80 steps
+
+
+def test_rerun_redoes_only_the_stages_without_a_marker(finished, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(finished[0], out)
+    before = markers(out)
+    # As after a kill while evaluating the ablation run: its eval and the report have no marker yet.
+    for stage in ("eval/reach-v3-none-s0", "report"):
+        Pipeline(micro(), out).marker(stage).unlink()
+    (out / "results.json").unlink()
+    calls = []
+    monkeypatch.setattr("sodp_fast.train.finetune.finetune", lambda *a, **k: calls.append("finetune"))
+    monkeypatch.setattr("sodp_fast.train.pretrain.pretrain", lambda *a, **k: calls.append("pretrain"))
+    res = repro.run(micro(), out, progress=False, command="test")
+    assert calls == []
+    after = markers(out)
+    redone = {k for k in after if after[k] != before.get(k)}
+    assert redone == {"eval_reach-v3-none-s0.json", "report.json"}
+    assert res["tasks"] == finished[1]["tasks"]  # deterministic evaluation: same numbers again
+    assert (out / "command.txt").read_text().count("test") == 3  # one line per invocation
+
+
+def test_a_killed_run_resumes_the_killed_stage_from_its_checkpoint(finished):
+    out, _, at_kill, resumed = finished
+    assert set(at_kill) == {"data.json", "pretrain.json", "eval-pretrained.json", "finetune_reach-v3-bc-s0.json",
+                            "eval_reach-v3-bc-s0.json"}
+    assert {k: v for k, v in markers(out).items() if k in at_kill} == at_kill  # finished stages not redone
+    assert resumed == [("none", True)]  # only the killed stage ran again, from its own checkpoint
+
+
+def test_other_options_on_an_existing_run_are_refused(finished, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished[0], out)
+    with pytest.raises(ReproError, match="eval_episodes"):
+        repro.run(get_preset("quickstart", **{**MICRO, "eval_episodes": 3}), out, progress=False)
+
+
+def test_paper_mt10_dry_run_prints_the_plan(tmp_path, capsys):
+    assert cli.main(["repro", "--preset", "paper-mt10", "--dry-run", "--out", str(tmp_path / "p")]) == 0
+    text = capsys.readouterr().out
+    assert "default U-Net, 20,000 steps" in text and "26/26 report" in text and "basketball-v3-none-s0" in text
+    assert not (tmp_path / "p").exists()
+
+
+def test_cli_overrides_reach_the_preset(tmp_path, capsys):
+    args = cli.build_parser().parse_args(["repro", "--preset", "cpu-small", "--tasks", "reach,push", "--seeds", "0,1",
+                                          "--ablation-task", "none", "--finetune-lr", "3e-4"])
+    from sodp_fast.commands.repro import preset_from_args
+
+    p = preset_from_args(args)
+    assert p.tasks == ("reach-v3", "push-v3") and p.seeds == (0, 1) and p.ablation_task is None
+    assert p.finetune_lr == 3e-4 and p.unet == "tiny"
+    with pytest.raises(ReproError, match="not among the tasks"):
+        get_preset("cpu-small", tasks=("reach",))
