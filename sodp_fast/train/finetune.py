@@ -99,7 +99,7 @@ class FinetuneConfig:
 
     # Options that may differ when resuming: they do not change what is computed.
     RESUMABLE = ("env_steps", "eval_every", "eval_episodes", "eval_num_envs", "ckpt_every", "num_workers",
-                 "progress", "device", "ckpt")
+                 "progress", "device", "ckpt", "out")
 
     def __post_init__(self):
         if self.reg not in REGULARIZERS:

@@ -76,7 +76,7 @@ class PretrainConfig:
     progress: bool = True
 
     # Options that may differ when resuming: they do not change what is computed.
-    RESUMABLE = ("steps", "ckpt_every", "log_every", "progress")
+    RESUMABLE = ("steps", "ckpt_every", "log_every", "progress", "out")  # a moved run folder still resumes
 
     def __post_init__(self):
         if self.preset not in PRESETS:
