@@ -4,7 +4,8 @@ from sodp_fast.train.buffers import Chunks, ReplayBuffer, TargetBuffer, Trajecto
 
 
 def _chunks(m, s=3, fill=0.0):
-    return Chunks(torch.randn(m, 2, 5), torch.randn(m, s + 1, 4, 2), torch.randn(m, s), torch.full((m,), fill))
+    return Chunks(torch.randn(m, 2, 5), torch.randn(m, s + 1, 4, 2), torch.randn(m, s), torch.full((m,), fill),
+                  torch.arange(m))
 
 
 def test_replay_keeps_recent_iterations_and_rows_match_chains():
@@ -30,7 +31,7 @@ def test_replay_state_roundtrip():
     t, m = buf.state()
     other = ReplayBuffer(2)
     other.load(t, m, "cpu")
-    assert torch.equal(other.chunks.latents, buf.chunks.latents)
+    assert all(torch.equal(getattr(other.chunks, f), getattr(buf.chunks, f)) for f in ("latents", "index"))
 
 
 def _traj(ret, success, length=10, value=0.0):

@@ -6,7 +6,7 @@ import torch
 from sodp_fast.train.buffers import ReplayBuffer, Chunks, TargetBuffer, Trajectory
 from sodp_fast.train.losses import (RunningMoments, bc_loss, chunk_advantages, improvement_loss, kl_loss,
                                     pl_loss, step_means)
-from tests.toy_env import OBS_DIM, TARGET, toy_planner_config
+from toy_env import OBS_DIM, TARGET, toy_planner_config
 from sodp_fast.policy import DiffusionPlanner
 
 
@@ -21,7 +21,7 @@ def _replay(planner, n=16, seed=0):
     obs = torch.randn(n, 2, OBS_DIM, generator=g)
     chain = planner.sample(obs, generator=g)
     buf = ReplayBuffer()
-    buf.add(Chunks(obs, chain.latents, chain.log_probs, torch.randn(n, generator=g)))
+    buf.add(Chunks(obs, chain.latents, chain.log_probs, torch.randn(n, generator=g), torch.arange(n) // 4))
     return buf
 
 
@@ -118,3 +118,18 @@ def test_reward_normalisations():
     assert torch.allclose(chunk_advantages(r, "running", running), (r - r.mean()) / r.std())
     with pytest.raises(ValueError):
         chunk_advantages(r, "bogus")
+
+
+def test_step_baseline_removes_what_all_envs_share_at_a_chunk_index():
+    """Rows in (chunk, env) order, 3 chunks × 4 envs: a reward that grows with the chunk index (the same for
+    every env) earns no advantage; what differs between envs at the same index survives, standardised."""
+    index = torch.arange(3).repeat_interleave(4)
+    growth = 10.0 * index.float()
+    assert torch.equal(chunk_advantages(growth, "step", index=index), torch.zeros(12))
+    per_env = torch.tensor([1.0, -1.0, 0.0, 0.0]).repeat(3)
+    a = chunk_advantages(growth + per_env, "step", index=index)
+    assert torch.allclose(a, per_env / per_env.std(unbiased=False))
+    assert (chunk_advantages(growth + per_env, "batch")[:4] < 0).all()  # the batch baseline ranks by time
+    # a group of unequal size (chains of another episode length) still gets its own mean subtracted
+    a = chunk_advantages(torch.tensor([1.0, 3.0, 5.0]), "step", index=torch.tensor([0, 0, 1]))
+    assert a[2] == 0 and a[0] == -a[1] and a[1] > 0

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from sodp_fast.train.finetune import FinetuneConfig
+from sodp_fast.train.losses import REWARD_NORMS
 
 _D = FinetuneConfig(out="", task="")
 _FLAGS = [  # (field, type, help)
@@ -54,8 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=typ, default=getattr(_D, name), help=help_)
     p.add_argument("--reg", default=_D.reg, choices=["bc", "kl", "pl", "none"],
                    help="regulariser: bc (SODP), kl (DPOK-like), pl (DLPO-like), none")
-    p.add_argument("--reward-norm", default=_D.reward_norm, choices=["none", "batch", "running"],
-                   help="chunk-reward normalisation in Eq. 12 (see sodp_fast/train/losses.py)")
+    p.add_argument("--reward-norm", default=_D.reward_norm, choices=list(REWARD_NORMS),
+                   help="chunk-reward baseline/normalisation in Eq. 12: step = per chunk index over the envs "
+                        "(see sodp_fast/train/losses.py)")
     p.add_argument("--from-scratch", action="store_true", help="SODP_scratch: fresh weights after the init rollouts")
     p.add_argument("--offline-data", default=None, help="SODP_off: fine-tune on this dataset's episodes of the task")
     p.add_argument("--device", default=_D.device, help="auto, cpu, cuda, cuda:1 ...")

@@ -16,7 +16,10 @@ The data path, top to bottom:
    ``batch_size`` transitions) + ``reg_weight`` · regulariser (BC Eq. 14 by default; KL Eq. 23, PL Eq. 24 or
    none: ``losses.py``); gradient-norm clipping; lr = lr₀ · lr_decay^iteration (exponential decay per
    iteration). p_step counts per iteration, i.e. per episode of every env: with ``num_envs = 1`` this is the
-   paper's "p_step gradient steps per episode"; more envs give fewer updates per env step.
+   paper's "p_step gradient steps per episode"; more envs give fewer updates per env step. The chunk reward
+   enters L_imp through ``reward_norm``; the default ``step`` subtracts the mean reward of the same chunk
+   index over the envs (so it needs ``num_envs`` ≥ 2), which removes the reward's growth through a Meta-World
+   episode (``losses.py`` says why).
 5. **Eval** every ``eval_every`` env steps (deterministic DDIM, fresh eval envs with a fixed seed, so every
    point of a learning curve sees the same episodes) and **checkpoint** every ``ckpt_every`` env steps, both
    at iteration boundaries.
@@ -84,7 +87,7 @@ class FinetuneConfig:
     grad_clip: float = 1.0
     reg: str = "bc"
     reg_weight: float = 1.0         # λ
-    reward_norm: str = "batch"
+    reward_norm: str = "step"       # Eq. 12 baseline: per chunk index (see losses.py)
     replay_iterations: int = 1
     target_size: int = 10           # n: proficient trajectories kept in B_target
     from_scratch: bool = False
@@ -106,6 +109,9 @@ class FinetuneConfig:
             raise FinetuneError(f"--reg must be one of {', '.join(REGULARIZERS)}, not {self.reg!r}")
         if self.reward_norm not in REWARD_NORMS:
             raise FinetuneError(f"--reward-norm must be one of {', '.join(REWARD_NORMS)}, not {self.reward_norm!r}")
+        if self.reward_norm == "step" and self.num_envs < 2:
+            raise FinetuneError("--reward-norm step baselines each chunk with the same chunk of the other envs: "
+                                "it needs --num-envs >= 2 (or choose --reward-norm batch)")
         for name in ("env_steps", "num_envs", "env_groups", "n_init", "grad_steps", "batch_size",
                      "replay_iterations", "target_size", "eval_every", "eval_episodes", "ckpt_every"):
             if getattr(self, name) < 1:
@@ -213,7 +219,8 @@ class Finetuner:
         lr = cfg.lr * cfg.lr_decay ** self.iteration
         for group in self.opt.param_groups:
             group["lr"] = lr
-        adv = chunk_advantages(self.replay.chunks.rewards, cfg.reward_norm, self.running)
+        chunks = self.replay.chunks
+        adv = chunk_advantages(chunks.rewards, cfg.reward_norm, self.running, chunks.index)
         sums = torch.zeros(5, device=self.device)
         for _ in range(cfg.grad_steps):
             batch = self.replay.sample(cfg.batch_size, adv, self.gen_update)

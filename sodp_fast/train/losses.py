@@ -14,10 +14,24 @@ the target policy μ they pull towards (paper Appendix E):
 Reward normalisation (``chunk_advantages``). Eq. 12 weights each chain by the raw chunk reward. Meta-World
 rewards are all positive (a chunk earns up to ~80), so a raw weight raises the likelihood of *every* sampled
 chain, and only the differences between rewards carry signal; the step size then scales with the task's reward
-range. ``batch`` (the default) standardises the rewards over the chains in B — a per-iteration baseline and
-scale, the same device DDPO uses (per-prompt statistics) and DPPO (advantage normalisation). ``running``
-standardises with running statistics over all chains seen so far (a slower baseline that lags the policy);
-``none`` is Eq. 12 verbatim.
+range. The modes subtract a baseline and divide by a scale; none changes the signal (the chain's own chunk
+reward), and a baseline that does not depend on the chain's own action leaves the policy gradient unbiased:
+
+* ``step`` (the default): a per-chunk-index baseline. The envs of an iteration play in lock-step, so chunk t
+  of every env starts at the same time step; the advantage is r_{i,t} − mean_j r_{j,t} (the mean over the
+  chains of B with the same chunk index t), divided by the std of these residuals over B. Why: Meta-World's
+  dense shaped reward mostly says *where* the arm is, and grows through an episode as it nears the object
+  or goal, so a batch-wide baseline gives early chunks negative and late chunks positive advantages whatever
+  the action — a time-dependent term added to the action's effect. The per-step mean removes it and
+  compares each chunk only with chunks at the same stage of other episodes. The group mean includes chain i
+  itself; leave-one-out is not needed: for groups of equal size n, r_i − mean = (n − 1)/n · (r_i − mean_{j≠i}),
+  a constant factor that the division by the residual std cancels. Needs ≥ 2 chains per chunk index
+  (``num_envs`` ≥ 2): a lone chain's residual is 0.
+* ``batch``: standardises the rewards over all chains in B — a per-iteration baseline and scale, the device
+  DDPO (per-prompt statistics) and DPPO (advantage normalisation) use; it keeps the time-dependent bias above.
+* ``running``: standardises with running statistics over all chains seen so far (a slower baseline that lags
+  the policy).
+* ``none``: Eq. 12 verbatim.
 """
 from __future__ import annotations
 
@@ -27,7 +41,7 @@ from sodp_fast.ops.ddim_step import ddim_mean_torch
 from sodp_fast.ops.ppo_loss import ppo_clip_loss
 from sodp_fast.train.buffers import RowBatch, TargetBuffer
 
-REWARD_NORMS = ("none", "batch", "running")
+REWARD_NORMS = ("step", "batch", "running", "none")
 REGULARIZERS = ("bc", "kl", "pl", "none")
 _EPS = 1e-8
 
@@ -59,14 +73,20 @@ class RunningMoments:
         self.count, self.mean, self.m2 = int(state[0]), float(state[1]), float(state[2])
 
 
-def chunk_advantages(rewards: torch.Tensor, mode: str, running: RunningMoments | None = None) -> torch.Tensor:
-    """The per-chain weight of Eq. 12: the raw chunk reward or its standardised value (see module doc)."""
+def chunk_advantages(rewards: torch.Tensor, mode: str, running: RunningMoments | None = None,
+                     index: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-chain weight of Eq. 12 (see module doc); ``index`` [M] is each chain's chunk index (``step``)."""
     if mode == "none":
         return rewards
     if mode == "batch":
         return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + _EPS)
     if mode == "running":
         return (rewards - running.mean) / (running.std + _EPS)
+    if mode == "step":
+        counts = torch.bincount(index).to(rewards.dtype)
+        sums = torch.zeros_like(counts).index_add_(0, index, rewards)
+        resid = rewards - (sums / counts.clamp(min=1))[index]
+        return resid / (resid.std(unbiased=False) + _EPS)
     raise ValueError(f"reward normalisation must be one of {REWARD_NORMS}, not {mode!r}")
 
 

@@ -138,7 +138,8 @@ class OnlineSource:
         success = np.concatenate([r.success for r in recs])
         trajectories = [Trajectory(obs[:, i], actions[i], float(returns[i]), bool(success[i]))
                         for i in range(obs.shape[1])]
-        chunks = Chunks(obs.flatten(0, 1), latents.flatten(0, 1), log_probs.flatten(0, 1), rewards.flatten())
+        index = torch.arange(rewards.shape[0], device=self.device).repeat_interleave(rewards.shape[1])
+        chunks = Chunks(obs.flatten(0, 1), latents.flatten(0, 1), log_probs.flatten(0, 1), rewards.flatten(), index)
         return Episode(chunks, trajectories, returns, success, actions.shape[0] * actions.shape[1])
 
     def close(self) -> None:
