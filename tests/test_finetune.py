@@ -179,3 +179,19 @@ def test_metaworld_smoke_and_plot(tmp_path):
     assert load_planner(run / "model.safetensors", expect={"obs_dim": 39, "action_dim": 4})
     assert (run / "curves.png").exists() and json.loads((run / "summary.json").read_text())["env_steps"] == 96
     assert plot_runs([run, run], tmp_path / "fig.png", labels=["a", "b"]).exists()
+
+
+def test_cuda_graphs_flag_is_a_no_op_on_cpu(toy_ckpt, tmp_path):
+    a = finetune(toy_cfg(tmp_path / "eager", toy_ckpt, env_steps=2 * ITER), make_env=make_toy_env)
+    b = finetune(toy_cfg(tmp_path / "graphs", toy_ckpt, env_steps=2 * ITER, cuda_graphs=True), make_env=make_toy_env)
+    assert a["final_eval_return_mean"] == b["final_eval_return_mean"]
+    pa, _, _ = load_planner(tmp_path / "eager" / "model.safetensors")
+    pb, _, _ = load_planner(tmp_path / "graphs" / "model.safetensors")
+    assert all(torch.equal(x, y) for x, y in zip(pa.state_dict().values(), pb.state_dict().values()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_rollouts_train_on_gpu(toy_ckpt, tmp_path):
+    s = finetune(toy_cfg(tmp_path / "g", toy_ckpt, env_steps=4 * ITER, cuda_graphs=True, device="cuda"),
+                 make_env=make_toy_env)
+    assert s["iterations"] == 4 and np.isfinite(s["final_eval_return_mean"])

@@ -61,6 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--from-scratch", action="store_true", help="SODP_scratch: fresh weights after the init rollouts")
     p.add_argument("--offline-data", default=None, help="SODP_off: fine-tune on this dataset's episodes of the task")
     p.add_argument("--device", default=_D.device, help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="sample rollouts with CUDA-graph replays of the whole DDIM chain (GPU only)")
     p.add_argument("--parallel", type=int, default=None, help="with --tasks: tasks at a time (default: GPUs or 1)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue the run(s) in --out")
@@ -71,7 +73,7 @@ def config_from_args(args: argparse.Namespace, task: str, out: str) -> FinetuneC
     kw = {name: getattr(args, name) for name, _, _ in _FLAGS}
     return FinetuneConfig(out=out, task=task, ckpt=args.ckpt, reg=args.reg, reward_norm=args.reward_norm,
                           from_scratch=args.from_scratch, offline_data=args.offline_data, device=args.device,
-                          progress=not args.no_progress, **kw)
+                          cuda_graphs=args.cuda_graphs, progress=not args.no_progress, **kw)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,7 +94,7 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     for name in [f for f, _, _ in _FLAGS] + ["ckpt", "reg", "reward_norm", "offline_data", "device"]:
         if getattr(args, name) is not None:
             argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
-    for name in ("from_scratch", "no_progress", "resume"):
+    for name in ("from_scratch", "cuda_graphs", "no_progress", "resume"):
         if getattr(args, name):
             argv.append("--" + name.replace("_", "-"))
     return argv

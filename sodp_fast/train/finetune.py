@@ -98,11 +98,12 @@ class FinetuneConfig:
     ckpt_every: int = 50_000
     seed: int = 0
     device: str = "auto"
+    cuda_graphs: bool = False       # sample rollouts with CUDA-graph replays (GPU only; see rollout.OnlineSource)
     progress: bool = True
 
     # Options that may differ when resuming: they do not change what is computed.
     RESUMABLE = ("env_steps", "eval_every", "eval_episodes", "eval_num_envs", "ckpt_every", "num_workers",
-                 "progress", "device", "ckpt", "out")
+                 "progress", "device", "ckpt", "out", "cuda_graphs")
 
     def __post_init__(self):
         if self.reg not in REGULARIZERS:
@@ -332,7 +333,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, make_env: EnvFactory | N
 
         source = OfflineSource(cfg.offline_data, cfg.task, c, cfg.num_envs, cfg.seed, device, timers)
     else:
-        source = OnlineSource(build_envs(make_env, cfg), device, timers)
+        if cfg.cuda_graphs and device.type == "cuda":
+            torch.cuda.manual_seed(cfg.seed)
+        source = OnlineSource(build_envs(make_env, cfg), device, timers, cuda_graphs=cfg.cuda_graphs)
     try:
         check_dims(cfg.offline_data or cfg.ckpt or str(Path(cfg.out) / STATE_FILE), planner,
                    source if cfg.offline_data else source.envs[0])

@@ -82,10 +82,25 @@ class _GroupRecord:
 class OnlineSource:
     """Collects episodes from vector envs (ChunkVecEnv interface: seek, reset, step_chunk, num_envs, close)."""
 
-    def __init__(self, envs: list, device: torch.device, timers: Timers):
+    def __init__(self, envs: list, device: torch.device, timers: Timers, cuda_graphs: bool = False):
         self.envs, self.device, self.timers = envs, device, timers
         self.num_envs = sum(e.num_envs for e in envs)
         self._pool = ThreadPoolExecutor(max_workers=1) if len(envs) > 1 else None
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self._graphed = None
+
+    def _sample(self, planner, obs: torch.Tensor, generator: torch.Generator):
+        """One batched chain per chunk. With ``cuda_graphs`` the S-step chain is a CUDA-graph replay (captured
+        once per env-group size; Adam updates the weights in place, which replays see). Replays draw from the
+        default CUDA generator, not ``generator``: seeded once per run, but not part of the checkpoint, so a
+        resumed GPU run with graphs continues statistically, not bit-identically."""
+        if not self.cuda_graphs:
+            return planner.sample(obs, generator=generator)
+        if self._graphed is None or self._graphed.planner is not planner:
+            from sodp_fast.graphs import GraphedSampler
+
+            self._graphed = GraphedSampler(planner, sorted({e.num_envs for e in self.envs}))
+        return self._graphed(obs)
 
     def seek(self, iteration: int) -> None:
         for env in self.envs:
@@ -116,7 +131,7 @@ class OnlineSource:
                     continue
                 with self.timers("sample"):
                     o = torch.from_numpy(obs[g]).to(self.device)
-                    chain = planner.sample(o, generator=generator)
+                    chain = self._sample(planner, o, generator)
                     actions = planner.executed_actions(chain.sample).float().cpu()
                 rec.obs.append(o)
                 rec.latents.append(chain.latents)
