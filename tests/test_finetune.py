@@ -117,6 +117,8 @@ def test_mismatched_dims_and_unknown_task_are_one_line_errors(toy_ckpt, tmp_path
 
 _CHILD = """
 import sys
+import torch
+torch.set_num_threads({threads})  # the parent's count: float reductions depend on it
 sys.path.insert(0, {tests!r})
 from test_finetune import toy_cfg
 from toy_env import make_toy_env
@@ -137,9 +139,8 @@ def test_kill_and_resume_is_bit_identical(toy_ckpt, tmp_path):
     total = 7 * ITER
     finetune(toy_cfg(tmp_path / "straight", toy_ckpt, env_steps=total, ckpt_every=1), make_env=make_toy_env)
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD.format(tests=str(TESTS), out=str(out), ckpt=toy_ckpt)],
-                            env=env)
+    child = _CHILD.format(threads=torch.get_num_threads(), tests=str(TESTS), out=str(out), ckpt=toy_ckpt)
+    proc = subprocess.Popen([sys.executable, "-c", child])
     try:
         deadline = time.time() + 120
         while _iteration(out / STATE_FILE) < 3:
