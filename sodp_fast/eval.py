@@ -1,9 +1,12 @@
 """Policy evaluation on Meta-World: success rate (success at any step) and return per task, as in the paper's
 Tables 1 and 13 (50 episodes per task, mean over seeds).
 
-Sampling is deterministic for evaluation (DDIM with η = 0 from a seeded initial latent x_K), so a checkpoint's
-score is a function of (checkpoint, task, seed, episodes, num_envs): the env goals and initial states come from
-``ChunkVecEnv``'s per-episode seeds and x_K from a ``torch.Generator`` seeded with ``seed``.
+Sampling is deterministic for evaluation by default (DDIM with η = 0 from a seeded initial latent x_K), so a
+checkpoint's score is a function of (checkpoint, task, seed, episodes, num_envs): the env goals and initial states
+come from ``ChunkVecEnv``'s per-episode seeds and x_K from a ``torch.Generator`` seeded with ``seed``.
+``deterministic=False`` evaluates the stochastic policy that fine-tuning optimises (the η of the planner's config,
+with its std floor), also seeded: RL fine-tuning improves that policy's per-step Gaussians, and the η = 0
+sampler is a different map from x_K to actions, so the two can disagree after fine-tuning.
 
 Episodes run on ``ChunkVecEnv`` in rounds of lock-step envs.  When ``episodes`` is not a multiple of
 ``num_envs``, the rounds are evened out (``ceil(E / ceil(E / N))`` envs) and surplus episodes of the last
@@ -52,7 +55,8 @@ def run_episodes(planner: DiffusionPlanner, venv, rounds: int, generator: torch.
 
 
 def evaluate(planner: DiffusionPlanner, task: str, episodes: int = 50, seed: int = 0, num_envs: int = 10,
-             num_workers: int | None = None, max_episode_steps: int = 500, venv=None) -> dict:
+             num_workers: int | None = None, max_episode_steps: int = 500, venv=None,
+             deterministic: bool = True) -> dict:
     """Evaluate ``planner`` on ``task`` for ``episodes`` episodes; returns a JSON-ready dict with
     ``success_rate``, ``return_mean``, ``return_std`` (over episodes) and the per-episode values.
 
@@ -73,7 +77,7 @@ def evaluate(planner: DiffusionPlanner, task: str, episodes: int = 50, seed: int
     planner.eval()
     t0 = time.perf_counter()
     try:
-        success, ret, steps = run_episodes(planner, venv, rounds, generator)
+        success, ret, steps = run_episodes(planner, venv, rounds, generator, deterministic)
     finally:
         planner.train(was_training)
         if own:
@@ -86,14 +90,15 @@ def evaluate(planner: DiffusionPlanner, task: str, episodes: int = 50, seed: int
 
 def evaluate_tasks(planner: DiffusionPlanner, tasks: list[str], episodes: int = 50, seeds: tuple[int, ...] = (0,),
                    num_envs: int = 10, num_workers: int | None = None, max_episode_steps: int = 500,
-                   progress=None) -> dict:
+                   progress=None, deterministic: bool = True) -> dict:
     """Every (task, seed); per task: success mean ± std over seeds and return mean ± std over all episodes;
     the average row: means over tasks and seeds, ± the std over seeds of the task averages (0 for one seed)."""
     per_task = {}
     for task in tasks:
         runs = []
         for seed in seeds:
-            runs.append(evaluate(planner, task, episodes, seed, num_envs, num_workers, max_episode_steps))
+            runs.append(evaluate(planner, task, episodes, seed, num_envs, num_workers, max_episode_steps,
+                                 deterministic=deterministic))
             if progress is not None:
                 progress(runs[-1])
         rates = np.array([r["success_rate"] for r in runs])
@@ -107,7 +112,9 @@ def evaluate_tasks(planner: DiffusionPlanner, tasks: list[str], episodes: int = 
     average = {"success_mean": float(rate.mean()), "success_std": float(rate.std()),
                "return_mean": float(ret.mean()), "return_std": float(ret.std())}
     return {"tasks": per_task, "average": average, "episodes": episodes, "seeds": list(seeds),
-            "max_episode_steps": max_episode_steps, "sampling": "deterministic DDIM (eta=0), seeded x_K"}
+            "max_episode_steps": max_episode_steps,
+            "sampling": "deterministic DDIM (eta=0), seeded x_K" if deterministic else
+                        f"stochastic DDIM (eta={planner.config.eta}, std floor {planner.config.std_min}), seeded"}
 
 
 def markdown_table(results: dict) -> str:

@@ -38,6 +38,14 @@ def test_evaluate_is_deterministic_for_any_worker_count(planner):
     assert c["returns"] != a["returns"]
 
 
+def test_stochastic_evaluation_is_seeded_and_differs_from_deterministic(planner):
+    kw = dict(episodes=2, seed=1, num_envs=2, num_workers=0, **FAST)
+    a = evaluate(planner, "reach", deterministic=False, **kw)
+    b = evaluate(planner, "reach", deterministic=False, **kw)
+    d = evaluate(planner, "reach", **kw)
+    assert a["returns"] == b["returns"] and a["returns"] != d["returns"]
+
+
 def test_evaluate_reuses_an_open_vector_env(planner):
     with ChunkVecEnv("reach", 2, seed=1, num_workers=0, max_episode_steps=20) as venv:
         got = evaluate(planner, "reach", episodes=3, seed=1, venv=venv)

@@ -1,4 +1,4 @@
-"""``sodp eval``: success rate and return of a checkpoint per task and seed (deterministic sampling)."""
+"""``sodp eval``: success rate and return of a checkpoint per task and seed (deterministic sampling by default)."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="env processes (0 = in-process; default: cores)")
     p.add_argument("--max-episode-steps", type=int, default=500)
     p.add_argument("--device", default="auto")
+    p.add_argument("--stochastic", action="store_true",
+                   help="evaluate the stochastic policy fine-tuning optimises (DDIM with the planner's eta), "
+                        "not the deterministic eta=0 sampler")
     p.add_argument("--out", default=None, help="folder for eval.json and eval.md")
     p.set_defaults(func=run)
 
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
               f"± {r['return_std']:.1f}  ({r['seconds']:.1f} s)", flush=True)
 
     results = evaluate_tasks(planner, tasks, args.episodes, seeds, args.num_envs, args.workers,
-                             args.max_episode_steps, progress=report)
+                             args.max_episode_steps, progress=report, deterministic=not args.stochastic)
     results["checkpoint"] = str(Path(args.ckpt).resolve())
     table = markdown_table(results)
     print(table, end="")
