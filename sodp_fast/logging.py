@@ -120,6 +120,13 @@ def plot_curves(records: str | Path | list[dict], out: str | Path, keys: list[st
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
+    return save_figure(fig, out, title)
+
+
+def save_figure(fig, out: str | Path, title: str | None = None) -> Path:
+    """Title, lay out, write a PNG (creating its folder) and free the figure."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sodp_fast.errors import SodpError
-from sodp_fast.logging import read_metrics
+from sodp_fast.logging import read_metrics, save_figure
 
 CURVE_KEYS = ("eval_success_rate", "eval_return_mean")
 
@@ -41,11 +41,4 @@ def plot_runs(runs: list[str | Path], out: str | Path, keys: tuple[str, ...] = C
         ax.set_xlabel("env steps")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, title)
