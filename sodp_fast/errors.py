@@ -7,3 +7,7 @@ class SodpError(Exception):
 
 class CheckpointError(SodpError):
     """A checkpoint file that is missing, corrupt, foreign, or from another configuration."""
+
+
+class DivergedError(SodpError):
+    """Training produced a NaN/inf loss or gradient; the last good checkpoint is kept and the step named."""

@@ -43,7 +43,7 @@ from typing import Callable
 import torch
 
 from sodp_fast.checkpoint import load_planner, load_state_checked, load_tensors, planner_state, save_planner
-from sodp_fast.errors import CheckpointError, SodpError
+from sodp_fast.errors import CheckpointError, DivergedError, SodpError
 from sodp_fast.logging import RunLogger
 from sodp_fast.policy import DiffusionPlanner
 from sodp_fast.train.buffers import ReplayBuffer, TargetBuffer
@@ -62,10 +62,6 @@ STATE_KIND = "sodp_fast.finetune_state"
 
 class FinetuneError(SodpError):
     """Unusable options, checkpoint or run folder for fine-tuning."""
-
-
-class DivergedError(FinetuneError):
-    """The fine-tuning loss became NaN or inf."""
 
 
 @dataclass

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from sodp_fast.checkpoint import load_state_checked, load_tensors, planner_state, save_planner
-from sodp_fast.errors import CheckpointError, SodpError
+from sodp_fast.errors import CheckpointError, DivergedError, SodpError
 from sodp_fast.logging import RunLogger
 from sodp_fast.nn.unet import PRESETS, preset
 from sodp_fast.policy import DiffusionPlanner, PlannerConfig
@@ -47,10 +47,6 @@ STATE_KIND = "sodp_fast.pretrain_state"
 
 class PretrainError(SodpError):
     """Unusable dataset or options for pre-training."""
-
-
-class DivergedError(SodpError):
-    """The loss (or gradient norm) became NaN or inf."""
 
 
 @dataclass
