@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -91,9 +90,7 @@ class GraphedSampler:
         self.device = next(planner.parameters()).device
         self.autocast_dtype = autocast_dtype if self.device.type == "cuda" else None
         # the planner's sampler with device-resident float32 coefficient tables (see the module docstring)
-        self._sampler = copy.copy(planner.sampler)
-        self._sampler.coef = planner.sampler.coef.to(self.device, torch.float32)
-        self._sampler.coef_deterministic = planner.sampler.coef_deterministic.to(self.device, torch.float32)
+        self._sampler = planner.sampler.to(self.device, torch.float32)
         self.use_graphs = self.device.type == "cuda"
         self._graphs: dict[int, _Captured] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None

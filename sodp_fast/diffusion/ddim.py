@@ -12,30 +12,37 @@ Choices, and why:
 * **Std floor σ_min = 0.1.** With η = 1 the last transition (to ᾱ = 1) has σ = 0 and the one before it
   σ ≈ 0.01, so those steps would have no (or a needle-sharp) density and their PPO ratios would explode. Each
   step's std is max(σ_t, σ_min), applied both when sampling and in the log-prob, so the reported density is the
-  one sampled from. 0.1 is 5 % of the [−1, 1] action range: the same value DPPO uses, large enough to keep
-  log-probs in a range where float32 ratios are exact to ~1e−6 per unit of log-ratio, small enough that the
-  extra action noise is below what Meta-World's controllers react to. The mean keeps the unfloored σ_t, so at
-  σ_min = 0 the sampler is plain DDIM.
+  one sampled from. 0.1 is 5 % of the [−1, 1] action range (DPPO also floors its std at 0.1, in sampling and
+  in the log-prob), large enough to keep log-probs in a range where float32 ratios are exact to ~1e−6 per unit
+  of log-ratio, small enough that the extra action noise is below what Meta-World's controllers react to. The
+  mean keeps the unfloored σ_t, so at σ_min = 0 the sampler is plain DDIM.
 * **Deterministic mode** (evaluation) is DDIM with η = 0 and no noise: the probability-flow sampler, which maps
   the initial noise x_K to an action deterministically. Seed the generator for repeatable evaluations.
 * **Log-probs sum over all Tp × A dims** of the latent, not only the Ta executed actions: the MDP action of
   Eq. 9 is the whole latent a^{k−1}, and the next denoising step depends on all of it, so only the full sum is
-  the exact likelihood ratio of the chain. (DPPO sums over the executed actions only, which drops those terms.)
+  the exact likelihood ratio of the chain, and no log-prob is clamped. (DPPO instead clamps each dimension's
+  log-prob to [−5, 2] and averages over the executed Ta × A dims only: a per-dimension mean over part of the
+  latent, which keeps its ratios tame but is not the chain's likelihood ratio.)
 * **Few steps are biased even with a perfect ε̂.** For Gaussian data and the analytic optimal predictor the
   10-step chain reproduces the data mean but only 40–80 % of its variance (plug-in x̂0 discards Var[x0 | x_t];
   ``tests/test_ddim.py`` computes the chain's moments in closed form). Fine-tuning optimises the sampler that is
   actually run, so the bias is part of the policy being improved, not an error in it.
+* **One owner of the step math.** The coefficient table ``coef`` [S, 6] (columns c0 … c5 of
+  ``sodp_fast.ops.ddim_step``) is read only here: sampling, the PPO log-prob, the per-step mean (KL
+  regulariser), the forward-posterior chains of offline fine-tuning and the device-resident copy CUDA graphs
+  capture are all methods of ``DDIMSampler``.
 * **x̂0 is clipped** to the action bounds [−clip, clip] (Meta-World actions live in [−1, 1]); ``clip=None``
   disables it (needed for unbounded data such as the Gaussian known-answer test).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 
 from sodp_fast.diffusion.schedule import NoiseSchedule
-from sodp_fast.ops.ddim_step import NUM_COEF, ddim_logprob, ddim_step
+from sodp_fast.ops.ddim_step import NUM_COEF, ddim_logprob, ddim_mean_torch, ddim_step
 
 
 @dataclass
@@ -117,7 +124,38 @@ class DDIMSampler:
         return self._transition_log_prob(model, cond, latents[:, 0], latents[:, 1], steps, backend)
 
     def _transition_log_prob(self, model, cond, x_t, x_prev, steps, backend):
-        k = self.timesteps.to(steps.device)[steps]
-        eps = model(x_t, k, cond)
-        coef = self.coef.to(device=x_t.device, dtype=x_t.dtype)[steps]
-        return ddim_logprob(x_t, eps, x_prev, coef, self.clip, backend)
+        eps = model(x_t, self.timesteps.to(steps.device)[steps], cond)
+        return ddim_logprob(x_t, eps, x_prev, self._rows(steps, x_t), self.clip, backend)
+
+    def _rows(self, steps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return self.coef.to(device=like.device, dtype=like.dtype)[steps]
+
+    def step_mean(self, model, cond: torch.Tensor, x_t: torch.Tensor, steps: torch.Tensor):
+        """Mean [B, Tp·A] and (floored) std [B, 1] of p(x_{k−1} | x_k) for latents ``x_t`` [B, Tp, A] at sampler
+        step indices ``steps`` [B], differentiable (the KL regulariser compares two models' means)."""
+        eps = model(x_t, self.timesteps.to(steps.device)[steps], cond)
+        return ddim_mean_torch(x_t.flatten(1), eps.flatten(1), self._rows(steps, x_t), self.clip)
+
+    @torch.no_grad()
+    def posterior_chain(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[B, S + 1, Tp, A] chains from the DDIM forward posterior that end exactly at ``x0`` [B, Tp, A]:
+        x_K ~ q(x_K | x0), then x_{k−1} ~ q_σ(x_{k−1} | x_k, x0) with this sampler's (floored) std."""
+        _, sq_1m_at, sq_aprev, dir_coef, std, sq_at = self.coef.to(device=x0.device, dtype=x0.dtype).unbind(1)
+        z = torch.randn((x0.shape[0], self.num_steps + 1, *x0.shape[1:]), device=x0.device, dtype=x0.dtype,
+                        generator=generator)
+        x = sq_at[0] * x0 + sq_1m_at[0] * z[:, 0]
+        latents = [x]
+        for i in range(self.num_steps - 1):
+            eps = (x - sq_at[i] * x0) / sq_1m_at[i]
+            x = sq_aprev[i] * x0 + dir_coef[i] * eps + std[i] * z[:, i + 1]
+            latents.append(x)
+        latents.append(x0)
+        return torch.stack(latents, 1)
+
+    def to(self, device, dtype: torch.dtype = torch.float32) -> "DDIMSampler":
+        """A copy whose coefficient tables already live on ``device`` in ``dtype``: sampling with it does no
+        host→device copy (which a CUDA-graph capture does not allow)."""
+        out = copy.copy(self)
+        out.coef = self.coef.to(device, dtype)
+        out.coef_deterministic = self.coef_deterministic.to(device, dtype)
+        return out

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import torch
 
-from sodp_fast.ops.ddim_step import ddim_mean_torch
 from sodp_fast.ops.ppo_loss import ppo_clip_loss
 from sodp_fast.train.buffers import RowBatch, TargetBuffer
 
@@ -104,10 +103,7 @@ def bc_loss(planner, target: TargetBuffer, batch_size: int, generator: torch.Gen
 
 def step_means(planner, obs: torch.Tensor, x_t: torch.Tensor, steps: torch.Tensor):
     """Mean [B, Tp·A] and std [B, 1] of p(x_{k−1} | x_k) at sampler step indices ``steps``."""
-    sampler = planner.sampler
-    eps = planner.model(x_t, sampler.timesteps.to(steps.device)[steps], planner.encode_obs(obs))
-    coef = sampler.coef.to(device=x_t.device, dtype=x_t.dtype)[steps]
-    return ddim_mean_torch(x_t.flatten(1), eps.flatten(1), coef, sampler.clip)
+    return planner.sampler.step_mean(planner.model, planner.encode_obs(obs), x_t, steps)
 
 
 def kl_loss(planner, reference, batch: RowBatch) -> torch.Tensor:
