@@ -27,7 +27,10 @@ _MODEL_PREFIX = "planner."
 def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     header = {"format": FORMAT, "version": str(VERSION), "meta": json.dumps(meta)}
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=header))
+    try:
+        atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=header))
+    except SafetensorError as e:  # the Rust writer's I/O errors (a full disk, a read-only folder)
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({e})") from None
 
 
 def load_tensors(path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
@@ -44,12 +47,16 @@ def load_tensors(path, device: str | torch.device = "cpu") -> tuple[dict[str, to
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a sodp_fast checkpoint (no '{FORMAT}' header)")
-    if int(header.get("version", -1)) > VERSION:
+    if not str(header.get("version", "")).isdigit():
+        raise CheckpointError(f"{path}: corrupt checkpoint header (version {header.get('version')!r})")
+    if int(header["version"]) > VERSION:
         raise CheckpointError(f"{path}: checkpoint format v{header['version']} is newer than this sodp_fast (v{VERSION})")
     try:
         meta = json.loads(header["meta"])
     except (KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt checkpoint header ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: corrupt checkpoint header (its meta record is not an object)")
     return tensors, meta
 
 
@@ -66,19 +73,18 @@ def save_planner(path, planner: DiffusionPlanner, meta: dict | None = None,
 
 
 def planner_state(path, tensors: dict, meta: dict) -> tuple[PlannerConfig, dict[str, torch.Tensor]]:
-    if "planner_config" not in meta:
+    if not isinstance(meta.get("planner_config"), dict):
         raise CheckpointError(f"{path}: checkpoint has no planner config")
     try:
         config = PlannerConfig.from_dict(meta["planner_config"])
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: invalid planner config ({e})") from None
     state = {k[len(_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)}
     return config, state
 
 
-def load_state_checked(path, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """``load_state_dict`` with a one-line error naming the first missing, unexpected or mis-shaped tensor."""
-    expected = module.state_dict()
+def check_state(path, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    """The first missing, unexpected or mis-shaped tensor of ``state`` against ``expected``, as one line."""
     missing = sorted(set(expected) - set(state))
     if missing:
         raise CheckpointError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
@@ -89,9 +95,33 @@ def load_state_checked(path, module: torch.nn.Module, state: dict[str, torch.Ten
         if state[k].shape != v.shape:
             raise CheckpointError(f"{path}: tensor {k!r} has shape {tuple(state[k].shape)}, "
                                   f"expected {tuple(v.shape)}")
-        if not torch.isfinite(state[k]).all():
+        if state[k].is_floating_point() and not torch.isfinite(state[k]).all():
             raise CheckpointError(f"{path}: tensor {k!r} contains NaN or inf")
+
+
+def load_state_checked(path, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``load_state_dict`` after ``check_state``."""
+    check_state(path, module.state_dict(), state)
     module.load_state_dict(state)
+
+
+def planner_from_state(path, tensors: dict, meta: dict, expect: dict | None = None) -> DiffusionPlanner:
+    """The planner a checkpoint describes, with its weights. The model is first built on the ``meta`` device
+    (no memory) and its shapes compared with the file's tensors, so a header that asks for an absurd model is
+    refused before anything is allocated: a model that passes is no larger than the file."""
+    config, state = planner_state(path, tensors, meta)
+    for k, v in (expect or {}).items():
+        if getattr(config, k) != v:
+            raise CheckpointError(f"{path}: checkpoint has {k}={getattr(config, k)}, but {v} is needed here")
+    try:
+        with torch.device("meta"):
+            shapes = DiffusionPlanner(config).state_dict()
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: invalid planner config ({e})") from None
+    check_state(path, shapes, state)
+    planner = DiffusionPlanner(config)
+    planner.load_state_dict(state)
+    return planner
 
 
 def load_planner(path, device: str | torch.device = "cpu",
@@ -99,10 +129,4 @@ def load_planner(path, device: str | torch.device = "cpu",
     """Returns (planner, meta, tensors). ``expect`` (e.g. ``{"obs_dim": 39, "action_dim": 4}``) names config
     fields the caller needs; a checkpoint that differs is rejected with the field named."""
     tensors, meta = load_tensors(path)
-    config, state = planner_state(path, tensors, meta)
-    for k, v in (expect or {}).items():
-        if getattr(config, k) != v:
-            raise CheckpointError(f"{path}: checkpoint has {k}={getattr(config, k)}, but {v} is needed here")
-    planner = DiffusionPlanner(config)
-    load_state_checked(path, planner, state)
-    return planner.to(device), meta, tensors
+    return planner_from_state(path, tensors, meta, expect).to(device), meta, tensors

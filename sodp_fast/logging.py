@@ -12,6 +12,8 @@ import math
 import time
 from pathlib import Path
 
+from sodp_fast.atomic import atomic_write, write_text
+
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 
@@ -59,9 +61,9 @@ class RunLogger:
         path = self.run_dir / METRICS_FILE
         if resume_step is None:
             path.unlink(missing_ok=True)
-        else:
+        else:  # rewritten atomically: a kill here keeps the old file, never half of it
             kept = [r for r in read_metrics(path) if r["step"] <= resume_step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(path, "a")
         self._tb = _tensorboard_writer(self.run_dir) if tensorboard else None
 
@@ -92,46 +94,53 @@ class RunLogger:
         self.plot()
 
 
-def plot_curves(records: str | Path | list[dict], out: str | Path, keys: list[str] | None = None,
-                title: str | None = None) -> Path | None:
-    """One panel per numeric metric against step (losses on a log scale); None if there is nothing to plot."""
+def plot_curves(records, out: str | Path, keys: list[str] | None = None, title: str | None = None,
+                xlabel: str = "step") -> Path | None:
+    """One panel per numeric metric against step (losses on a log scale); None if there is nothing to plot.
+    ``records``: a metrics file or run folder, a list of records, or [(label, records), …] for one line per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = read_metrics(records) if isinstance(records, (str, Path)) else records
-    if keys is None:
-        keys = sorted({k for r in recs for k, v in r.items()
-                       if k not in ("step", "time") and isinstance(v, (int, float))})
-    keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in recs)]
+    if isinstance(records, (str, Path)):
+        records = read_metrics(records)
+    series = records if records and isinstance(records[0], tuple) else [(None, records)]
+    every = [r for _, recs in series for r in recs]
+    has = lambda r, k: isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)  # noqa: E731
+    keys = keys or sorted({k for r in every for k in r if k not in ("step", "time")})
+    keys = [k for k in keys if any(has(r, k) for r in every)]
     if not keys:
         return None
     cols = min(3, len(keys))
-    rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(4.8 * cols, 3.4 * math.ceil(len(keys) / cols)),
+                             squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        pts = [(r["step"], r[key]) for r in recs if isinstance(r.get(key), (int, float))]
-        ax.plot(*zip(*pts))
-        ax.set_title(key)
-        ax.set_xlabel("step")
-        if "loss" in key and all(v > 0 for _, v in pts):
+        for label, recs in series:
+            pts = [(r["step"], r[key]) for r in recs if has(r, key)]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if label else None, markersize=3, label=label)
+        if "loss" in key and all(r[key] > 0 for r in every if has(r, key)):
             ax.set_yscale("log")
+        ax.set(title=key, xlabel=xlabel)
         ax.grid(alpha=0.3)
+        if series[0][0] is not None:
+            ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     return save_figure(fig, out, title)
 
 
 def save_figure(fig, out: str | Path, title: str | None = None) -> Path:
-    """Title, lay out, write a PNG (creating its folder) and free the figure."""
+    """Title, lay out, write a PNG atomically (creating its folder) and free the figure."""
     import matplotlib.pyplot as plt
 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
     return out

@@ -38,6 +38,12 @@ class PlannerConfig:
             raise ValueError(f"n_action_steps ({self.n_action_steps}) must be in [1, horizon={self.horizon}]")
         if self.n_obs_steps < 1 or self.obs_dim < 1 or self.action_dim < 1:
             raise ValueError("obs_dim, action_dim and n_obs_steps must be positive")
+        # Sizes that allocate before any weight is read (schedule tables, sampling buffers): a sane bound, far
+        # beyond any planner (the paper: K = 100, Tp = 12).
+        for name, cap in (("num_timesteps", 100_000), ("horizon", 10_000), ("n_obs_steps", 1_000),
+                          ("obs_dim", 1_000_000), ("action_dim", 1_000_000)):
+            if getattr(self, name) > cap:
+                raise ValueError(f"{name}={getattr(self, name)} is beyond any planner (at most {cap})")
 
     def to_dict(self) -> dict:
         return asdict(self)

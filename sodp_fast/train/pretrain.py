@@ -18,9 +18,8 @@ with its own generators (seeded by rank); rank 0 logs and writes checkpoints hol
 """
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,47 +28,48 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sodp_fast.checkpoint import load_state_checked, load_tensors, planner_state, save_planner
-from sodp_fast.errors import CheckpointError, DivergedError, SodpError
+from sodp_fast.checkpoint import load_state_checked, planner_state, save_planner
+from sodp_fast.envs.tasks import resolve_tasks
+from sodp_fast.errors import CheckpointError, ConfigError, DivergedError, SodpError, at_least, check_fits
 from sodp_fast.logging import RunLogger
 from sodp_fast.nn.unet import PRESETS, preset
+from sodp_fast.options import opt
 from sodp_fast.policy import DiffusionPlanner, PlannerConfig
 from sodp_fast.train.batches import WindowBatches
 from sodp_fast.train.ema import EMA
-from sodp_fast.train.runtime import Runtime, setup, teardown
-from sodp_fast.train.state import generator_state, optimizer_from_flat, optimizer_to_flat, set_generator_state
+from sodp_fast.train.run import (Progress, TrainingRun, generator_state, load_generator_state, load_optimizer_state,
+                                 optimizer_state, record)
+from sodp_fast.train.runtime import Runtime, check_device, setup, teardown
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
 CONFIG_FILE = "config.json"
 STATE_KIND = "sodp_fast.pretrain_state"
-
-
-class PretrainError(SodpError):
-    """Unusable dataset or options for pre-training."""
+PretrainError = ConfigError  # unusable dataset or options for pre-training
 
 
 @dataclass
 class PretrainConfig:
-    data: str
-    out: str
-    tasks: list[str] | None = None  # None: every task of the dataset
-    steps: int = 500_000
-    batch_size: int = 256  # global; split across DDP ranks
-    lr: float = 1e-4
-    grad_clip: float = 1.0
-    ema_power: float = 0.75
-    ema_max_decay: float = 0.9999
-    preset: str = "default"
-    num_timesteps: int = 100
-    seed: int = 0
-    ckpt_every: int = 20_000
-    log_every: int = 100
-    device: str = "auto"
-    amp: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    data_on_device: str = "auto"  # auto: hold the dataset on the device when it takes < half its free memory
-    eval_batch: int = 256  # fixed batch on which the EMA's loss is logged
-    progress: bool = True
+    data: str = opt(help="dataset folder (sodp data generate / import-mtdiff)")
+    out: str = opt(help="run folder: config.json, metrics, checkpoints, model.safetensors")
+    tasks: list[str] | None = opt(None, "subset of the dataset's tasks (names, comma list or set name; none: all)")
+    steps: int = opt(500_000, "optimiser steps")
+    batch_size: int = opt(256, "global batch (split across DDP processes)")
+    lr: float = opt(1e-4, "Adam learning rate (constant)")
+    grad_clip: float = opt(1.0, "max gradient norm")
+    ema_power: float = opt(0.75, "EMA decay warm-up power")
+    ema_max_decay: float = opt(0.9999, "EMA decay ceiling")
+    preset: str = opt("default", "U-Net size", choices=sorted(PRESETS))
+    num_timesteps: int = opt(100, "diffusion steps K")
+    seed: int = opt(0, "seed of the weights and of every random draw")
+    ckpt_every: int = opt(20_000, "steps between checkpoints")
+    log_every: int = opt(100, "steps between metric records")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
+    amp: str = opt("auto", "auto = bf16 autocast on CUDA only", choices=["auto", "bf16", "off"])
+    data_on_device: str = opt("auto", "hold the dataset on the training device (auto: when it takes < half "
+                              "its free memory)", choices=["auto", "yes", "no"])
+    eval_batch: int = opt(256, "fixed batch on which the EMA's loss is logged")
+    progress: bool = opt(True, "progress reporting (a bar on a terminal, plain lines otherwise)")
 
     # Options that may differ when resuming: they do not change what is computed.
     RESUMABLE = ("steps", "ckpt_every", "log_every", "progress", "out")  # a moved run folder still resumes
@@ -80,31 +80,26 @@ class PretrainConfig:
         if self.data_on_device not in ("auto", "yes", "no"):
             raise PretrainError(f"data_on_device must be auto, yes or no, not {self.data_on_device!r}")
         for name in ("steps", "batch_size", "ckpt_every", "log_every", "eval_batch", "num_timesteps"):
-            if getattr(self, name) < 1:
-                raise PretrainError(f"{name} must be >= 1, got {getattr(self, name)}")
+            at_least(getattr(self, name), 1, name)
         if not self.lr > 0 or not self.grad_clip > 0:
-            raise PretrainError("lr and grad_clip must be > 0")
+            raise PretrainError(f"--lr and --grad-clip must be > 0, got {self.lr} and {self.grad_clip}")
+        if not 0 <= self.ema_max_decay < 1 or not self.ema_power > 0:
+            raise PretrainError("need --ema-power > 0 and 0 <= --ema-max-decay < 1")
+        if self.tasks is not None:
+            self.tasks = resolve_tasks(self.tasks)
+        check_device(self.device)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "PretrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
 
 def load_windows(cfg: PretrainConfig, planner_cfg_kw: dict, runtime: Runtime):
     """Load and check the dataset; returns (WindowBatches, obs_stats, summary dict)."""
-    from sodp_fast.data.format import MANIFEST, load_dataset
+    from sodp_fast.data.format import load_dataset
     from sodp_fast.data.windows import concat_episode_ends
     from sodp_fast.envs.metaworld import ACTION_DIM, OBS_DIM
 
     root = Path(cfg.data)
-    if not root.is_dir():
-        raise PretrainError(f"dataset folder {root} does not exist")
-    if not (root / MANIFEST).exists():
-        raise PretrainError(f"{root} has no {MANIFEST}: not a dataset (make one with `sodp data generate`)")
     ds = load_dataset(root, cfg.tasks)
     if not ds.tasks or sum(d.num_transitions for d in ds.tasks.values()) == 0:
         raise PretrainError(f"{root}: the dataset holds no transitions")
@@ -147,6 +142,8 @@ class Pretrainer:
             raise PretrainError(f"batch size {cfg.batch_size} is not divisible by {runtime.world_size} processes")
         self.cfg, self.rt, self.batches = cfg, runtime, batches
         self.local_batch = cfg.batch_size // runtime.world_size
+        window = 4 * (batches.obs.shape[1] * batches.n_obs_steps + batches.actions.shape[1] * batches.horizon)
+        check_fits(window * max(self.local_batch, cfg.eval_batch), f"a batch of {self.local_batch} windows")
         self.planner = planner.to(runtime.device).train()
         self.ema = EMA(self.planner, cfg.ema_power, cfg.ema_max_decay)
         self.params = list(self.planner.model.parameters())
@@ -207,42 +204,27 @@ class Pretrainer:
     def state(self) -> tuple[dict, dict]:
         """(extra tensors, meta) for ``save_planner``; collective under DDP (call on every rank)."""
         tensors = {f"ema.{k}": v for k, v in self.ema.model.state_dict().items()}
-        optim_tensors, optim_meta = optimizer_to_flat(self.optimizer)
+        optim_tensors, optim_meta = optimizer_state(self.optimizer)
         tensors.update(optim_tensors)
         for name, gen in (("data", self.data_gen), ("noise", self.noise_gen)):
             for r, s in enumerate(self._all_ranks(generator_state(gen))):
                 tensors[f"rng.{name}.{r}"] = s
-        meta = {"kind": STATE_KIND, "step": self.step, "world_size": self.rt.world_size,
-                "pretrain_config": self.cfg.to_dict(), "optimizer": optim_meta}
-        return tensors, meta
+        return tensors, {"step": self.step, "world_size": self.rt.world_size, "optimizer": optim_meta}
 
     def load(self, path: Path, tensors: dict, meta: dict) -> None:
+        """Everything is validated before the first tensor is copied in."""
+        step = record(meta, "step", path)
+        if not isinstance(step, int) or not 0 <= step <= self.cfg.steps:
+            raise CheckpointError(f"{path}: checkpoint is at step {step}, outside 0 … --steps {self.cfg.steps}")
         _, state = planner_state(path, tensors, meta)
-        load_state_checked(path, self.planner, state)
         ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-        load_state_checked(path, self.ema.model, ema)
-        optimizer_from_flat(self.optimizer, tensors, meta["optimizer"], where=str(path))
         r = self.rt.rank
-        set_generator_state(self.data_gen, tensors[f"rng.data.{r}"], str(path))
-        set_generator_state(self.noise_gen, tensors[f"rng.noise.{r}"], str(path))
-        self.step = int(meta["step"])
-
-
-def _check_resumable(path: Path, meta: dict, cfg: PretrainConfig, runtime: Runtime, planner_cfg: PlannerConfig):
-    if meta.get("kind") != STATE_KIND:
-        raise CheckpointError(f"{path}: not a pre-training state (no '{STATE_KIND}' record)")
-    old = meta["pretrain_config"]
-    for k, v in cfg.to_dict().items():
-        if k not in PretrainConfig.RESUMABLE and old.get(k) != v:
-            raise CheckpointError(f"{path}: checkpoint is from another config ({k}={old.get(k)!r} there, "
-                                  f"{v!r} now); resume with the same options")
-    if meta["world_size"] != runtime.world_size:
-        raise CheckpointError(f"{path}: checkpoint was written by {meta['world_size']} processes, "
-                              f"resuming with {runtime.world_size}")
-    if PlannerConfig.from_dict(meta["planner_config"]) != planner_cfg:
-        raise CheckpointError(f"{path}: checkpoint's planner config differs from this run's")
-    if meta["step"] > cfg.steps:
-        raise CheckpointError(f"{path}: checkpoint is at step {meta['step']}, beyond --steps {cfg.steps}")
+        load_state_checked(path, self.planner, state)
+        load_state_checked(path, self.ema.model, ema)
+        load_optimizer_state(self.optimizer, tensors, record(meta, "optimizer", path), path)
+        load_generator_state(self.data_gen, tensors, f"rng.data.{r}", path)
+        load_generator_state(self.noise_gen, tensors, f"rng.noise.{r}", path)
+        self.step = step
 
 
 def build_planner(cfg: PretrainConfig, obs_dim: int, action_dim: int) -> DiffusionPlanner:
@@ -274,13 +256,13 @@ def _data_key(summary: dict) -> dict:
     return {k: summary[k] for k in ("tasks", "transitions", "episodes")}
 
 
-def _save(run: Path, trainer: Pretrainer, data_summary: dict) -> None:
+def _save(run: TrainingRun, trainer: Pretrainer, data_summary: dict) -> None:
     tensors, meta = trainer.state()  # collective
     if not trainer.rt.is_main:
         return
-    meta["data"] = _data_key(data_summary)
-    save_planner(run / STATE_FILE, trainer.planner, meta, tensors)
-    save_planner(run / MODEL_FILE, trainer.ema.model,
+    meta = run.state_meta(trainer.cfg.to_dict(), data=_data_key(data_summary), **meta)
+    save_planner(run.state_path, trainer.planner, meta, tensors)
+    save_planner(run.path / MODEL_FILE, trainer.ema.model,
                  {"kind": "sodp_fast.pretrained_ema", "step": trainer.step, "tasks": data_summary["tasks"],
                   "dataset": data_summary["root"]})
 
@@ -288,40 +270,39 @@ def _save(run: Path, trainer: Pretrainer, data_summary: dict) -> None:
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> Pretrainer:
     """Run (or resume) pre-training into ``cfg.out``; returns the trainer (its ``.ema.model`` is the result)."""
     runtime = setup(cfg.device, cfg.amp)
+    run = TrainingRun(cfg.out, STATE_KIND, STATE_FILE, resume, owner=runtime.is_main)
     try:
-        return _pretrain(cfg, resume, runtime)
+        with run.open():
+            return _pretrain(cfg, run, runtime)
     finally:
         teardown(runtime)
 
 
-def _pretrain(cfg: PretrainConfig, resume: bool, runtime: Runtime) -> Pretrainer:
-    run = Path(cfg.out)
-    state_path = run / STATE_FILE
-    if state_path.exists() and not resume:
-        raise PretrainError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and not state_path.exists():
-        raise CheckpointError(f"{state_path}: nothing to resume (no checkpoint was written yet)")
+def _pretrain(cfg: PretrainConfig, run: TrainingRun, runtime: Runtime) -> Pretrainer:
     defaults = PlannerConfig()
     window_kw = {k: getattr(defaults, k) for k in ("n_obs_steps", "horizon", "n_action_steps")}
     batches, stats, summary = load_windows(cfg, window_kw, runtime)
     planner = build_planner(cfg, len(stats.mean), batches.actions.shape[1])
     planner.normalizer.set_stats(stats.mean, stats.std)
-    start = 0
-    if resume:
-        tensors, meta = load_tensors(state_path)
-        _check_resumable(state_path, meta, cfg, runtime, planner.config)
+    resumed = run.resume_state(cfg.to_dict(), PretrainConfig.RESUMABLE)
+    if resumed is not None:
+        tensors, meta = resumed
+        path = run.state_path
+        if record(meta, "world_size", path) != runtime.world_size:
+            raise CheckpointError(f"{path}: checkpoint was written by {meta['world_size']} processes, "
+                                  f"resuming with {runtime.world_size}")
+        if PlannerConfig.from_dict(record(meta, "planner_config", path)) != planner.config:
+            raise CheckpointError(f"{path}: checkpoint's planner config differs from this run's")
         if meta.get("data") != _data_key(summary):
-            raise CheckpointError(f"{state_path}: checkpoint was trained on different data ({meta.get('data')})")
+            raise CheckpointError(f"{path}: checkpoint was trained on different data ({meta.get('data')})")
     trainer = Pretrainer(planner, batches, cfg, runtime)
-    if resume:
-        trainer.load(state_path, tensors, meta)
-        start = trainer.step
-    if runtime.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        (run / CONFIG_FILE).write_text(json.dumps(
-            {"pretrain": cfg.to_dict(), "planner": planner.config.to_dict(), "world_size": runtime.world_size,
-             "device": str(runtime.device), "amp": str(runtime.amp_dtype), "data": summary}, indent=1))
-    logger = RunLogger(run, resume_step=start if resume else None, enabled=runtime.is_main)
+    if resumed is not None:
+        trainer.load(run.state_path, *resumed)
+    start = trainer.step
+    run.write_json(CONFIG_FILE, {"pretrain": cfg.to_dict(), "planner": planner.config.to_dict(),
+                                 "world_size": runtime.world_size, "device": str(runtime.device),
+                                 "amp": str(runtime.amp_dtype), "data": summary})
+    logger = run.logger(start if resumed is not None else None)
     eval_batch = _fixed_eval_batch(batches, cfg) if runtime.is_main else None
     try:
         _loop(trainer, run, summary, logger, eval_batch, start)
@@ -330,15 +311,12 @@ def _pretrain(cfg: PretrainConfig, resume: bool, runtime: Runtime) -> Pretrainer
     return trainer
 
 
-def _loop(trainer: Pretrainer, run: Path, summary: dict, logger: RunLogger, eval_batch, start: int) -> None:
-    from tqdm import tqdm
-
+def _loop(trainer: Pretrainer, run: TrainingRun, summary: dict, logger: RunLogger, eval_batch, start: int) -> None:
     cfg, rt = trainer.cfg, trainer.rt
     if start == 0 and rt.is_main:
         logger.log(0, ema_loss=fixed_batch_loss(trainer.ema.model, eval_batch, cfg.seed))
     last_good = start if start else None
-    bar = tqdm(total=cfg.steps, initial=start, unit="step", desc="pretrain", disable=not (rt.is_main and cfg.progress),
-               dynamic_ncols=True)
+    bar = Progress(cfg.steps, "pretrain", "step", initial=start, enabled=rt.is_main and cfg.progress)
     t0, since, elapsed = time.perf_counter(), 0, 0.0  # steps/s counts training only, not evals or checkpoints
     while trainer.step < cfg.steps:
         trainer.train_step()
@@ -352,7 +330,7 @@ def _loop(trainer: Pretrainer, run: Path, summary: dict, logger: RunLogger, eval
         elapsed += time.perf_counter() - t0
         bad = trainer.first_bad_step()
         if bad is not None:
-            where = (f"last good checkpoint: {run / STATE_FILE} (step {last_good})" if last_good
+            where = (f"last good checkpoint: {run.state_path} (step {last_good})" if last_good
                      else "no checkpoint was written")
             raise DivergedError(f"loss became NaN/inf at step {bad}; training stopped ({where})")
         if log:
@@ -362,7 +340,7 @@ def _loop(trainer: Pretrainer, run: Path, summary: dict, logger: RunLogger, eval
             if rt.is_main:
                 ema_loss = fixed_batch_loss(trainer.ema.model, eval_batch, cfg.seed)
                 logger.log(step, loss=loss, ema_loss=ema_loss, steps_per_s=rate)
-                bar.set_postfix(loss=f"{loss:.4f}", ema=f"{ema_loss:.4f}", it_s=f"{rate:.1f}")
+                bar.update(0, loss=loss, ema=ema_loss)
         if ckpt:
             _save(run, trainer, summary)
             last_good = step

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from sodp_fast.errors import SodpError
+from sodp_fast.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -36,20 +36,35 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
+def check_device(name: str) -> None:
+    """A device name torch can parse: auto, cpu, cuda, cuda:N (checked at the command line, before any work)."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name!r}: only cpu and cuda are supported")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` → the first CUDA GPU if there is one, else CPU; anything else is checked to exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(name)
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SodpError(f"device {name!r} requested but this torch has no CUDA GPU")
+        raise ConfigError(f"device {name!r} requested but this torch has no CUDA GPU")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
     return device
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """``auto`` → bf16 autocast on CUDA, full precision elsewhere; ``bf16`` / ``off`` force it."""
     if amp not in ("auto", "bf16", "off"):
-        raise SodpError(f"--amp must be auto, bf16 or off, not {amp!r}")
+        raise ConfigError(f"--amp must be auto, bf16 or off, not {amp!r}")
     if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
