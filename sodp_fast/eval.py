@@ -125,3 +125,31 @@ def markdown_table(results: dict) -> str:
         lines.append(f"| {name} | {r['success_mean']:.2f} ± {r['success_std']:.2f} | "
                      f"{r['return_mean']:.1f} ± {r['return_std']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+class CurveEvaluator:
+    """Learning-curve evaluations during training on one vector env, opened on first use and kept open (it
+    saves the worker start-up); every evaluation replays the same episodes (the env is sought back to episode
+    0), so each point of a curve sees the same goals and initial states. ``make_env(num_envs, seed, workers)``
+    builds the env (``sodp_fast.envs.workers.EnvFactory``); ``timers`` (optional) gets an ``eval`` phase."""
+
+    def __init__(self, make_env, task: str, episodes: int, num_envs: int, seed: int, num_workers=None,
+                 timers=None):
+        self.make_env, self.task, self.episodes, self.seed, self.timers = make_env, task, episodes, seed, timers
+        self.num_envs, self.num_workers, self.venv = min(num_envs, episodes), num_workers, None
+
+    def __call__(self, planner: DiffusionPlanner) -> dict[str, float]:
+        import contextlib
+
+        with self.timers("eval") if self.timers is not None else contextlib.nullcontext():
+            if self.venv is None:
+                self.venv = self.make_env(self.num_envs, self.seed + 7919, self.num_workers)
+            self.venv.seek(0)
+            res = evaluate(planner, self.task, self.episodes, seed=self.seed, venv=self.venv)
+        return {"eval_success_rate": res["success_rate"], "eval_return_mean": res["return_mean"],
+                "eval_return_std": res["return_std"]}
+
+    def close(self) -> None:
+        if self.venv is not None:
+            self.venv.close()
+            self.venv = None

@@ -24,13 +24,17 @@ from typing import Callable
 import numpy as np
 
 from sodp_fast.envs.metaworld import ACTION_DIM, MAX_EPISODE_STEPS, OBS_DIM, ChunkEnv, make_env
-from sodp_fast.errors import SodpError
+from sodp_fast.errors import ConfigError, SodpError, check_fits
 
 MAX_RESTARTS_PER_CALL = 3
 
 
 class WorkerError(SodpError):
     """A rollout worker failed in a way that restarting does not fix."""
+
+
+class EnvConfigError(ConfigError, ValueError):
+    """Vector-env sizes that cannot work (no envs, negative worker counts, empty episodes)."""
 
 
 class ActionError(SodpError, ValueError):
@@ -52,14 +56,22 @@ class _Buffers:
     """Per-env result and action arrays; shared memory when workers are processes."""
 
     def __init__(self, n: int, to: int, obs_dim: int, act_dim: int, cap: int, raw: dict | None = None):
-        shapes = {"obs": ((n, to, obs_dim), np.float32), "act": ((n, cap, act_dim), np.float32),
-                  "reward": ((n,), np.float64), "done": ((n,), np.bool_), "success": ((n,), np.bool_),
-                  "steps": ((n,), np.int64)}
+        shapes = self.shapes(n, to, obs_dim, act_dim, cap)
         self.raw = raw if raw is not None else {
             k: mp.RawArray("b", int(np.prod(s)) * np.dtype(d).itemsize) for k, (s, d) in shapes.items()}
         for k, (s, d) in shapes.items():
             setattr(self, k, np.frombuffer(self.raw[k], dtype=d).reshape(s))
         self.spec = (n, to, obs_dim, act_dim, cap)
+
+    @staticmethod
+    def shapes(n: int, to: int, obs_dim: int, act_dim: int, cap: int) -> dict:
+        return {"obs": ((n, to, obs_dim), np.float32), "act": ((n, cap, act_dim), np.float32),
+                "reward": ((n,), np.float64), "done": ((n,), np.bool_), "success": ((n,), np.bool_),
+                "steps": ((n,), np.int64)}
+
+    @classmethod
+    def nbytes(cls, *spec) -> int:
+        return sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in cls.shapes(*spec).values())
 
 
 class _EnvGroup:
@@ -135,8 +147,11 @@ class ChunkVecEnv:
                  num_workers: int | None = None, max_episode_steps: int = MAX_EPISODE_STEPS,
                  goals: str = "presampled", env_factory: Callable | None = None,
                  start_method: str = "forkserver"):
-        if num_envs < 1:
-            raise ValueError("num_envs must be >= 1")
+        self._closed = True  # until the workers are up: close() and __del__ have nothing to do
+        for name, value, low in (("num_envs", num_envs, 1), ("max_episode_steps", max_episode_steps, 1),
+                                 ("n_obs_steps", n_obs_steps, 1), ("num_workers", num_workers, 0)):
+            if value is not None and value < low:
+                raise EnvConfigError(f"{name} must be >= {low}, got {value}")
         self.task, self.num_envs, self.seed = task, num_envs, seed
         self.n_obs_steps, self.n_action_steps = n_obs_steps, n_action_steps
         if env_factory is None:
@@ -149,24 +164,32 @@ class ChunkVecEnv:
             self.obs_dim, self.action_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
             self.max_episode_steps = probe.max_episode_steps
             probe.close()
+        check_fits(_Buffers.nbytes(num_envs, n_obs_steps, self.obs_dim, self.action_dim, self.max_episode_steps),
+                   f"the shared buffers of {num_envs:,} envs")
         self._factory = env_factory
         self._env_seeds = [seed * 1000 + i for i in range(num_envs)]
         self._bufs = _Buffers(num_envs, n_obs_steps, self.obs_dim, self.action_dim, self.max_episode_steps)
         self.num_workers = min(num_envs, os.cpu_count() or 1) if num_workers is None else min(num_workers,
                                                                                                 num_envs)
         self.restarts = 0
-        self._episode, self._t, self._closed = -1, None, False
+        self._episode, self._t = -1, None
         self._logs: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
         if self.num_workers == 0:
             self._group = _EnvGroup(env_factory, list(range(num_envs)), self._env_seeds, n_obs_steps, self._bufs)
-        else:
-            self._ctx = mp.get_context(start_method)
-            self._slices = _split(num_envs, self.num_workers)
-            self._procs: list = [None] * self.num_workers
-            self._conns: list = [None] * self.num_workers
+            self._closed = False
+            return
+        self._ctx = mp.get_context(start_method)
+        self._slices = _split(num_envs, self.num_workers)
+        self._procs: list = [None] * self.num_workers
+        self._conns: list = [None] * self.num_workers
+        self._closed = False
+        try:
             for w in range(self.num_workers):
                 self._start(w)
             self._wait(list(range(self.num_workers)))
+        except BaseException:
+            self.close()
+            raise
 
     # -- process management --------------------------------------------------------------------------
     def _start(self, w: int) -> None:
@@ -301,12 +324,13 @@ class ChunkVecEnv:
         if self.num_workers == 0:
             self._group.close()
             return
-        for c in self._conns:
+        live = [(p, c) for p, c in zip(self._procs, self._conns) if p is not None]
+        for _, c in live:
             try:
                 c.send(("close",))
             except (BrokenPipeError, OSError):
                 pass
-        for p, c in zip(self._procs, self._conns):
+        for p, c in live:
             p.join(timeout=2.0)
             if p.is_alive():
                 p.terminate()
@@ -322,3 +346,49 @@ class ChunkVecEnv:
     def __del__(self):
         if not getattr(self, "_closed", True):
             self.close()
+
+
+# -- builders for training drivers ------------------------------------------------------------------------------
+EnvFactory = Callable[[int, int, "int | None"], object]  # (num_envs, seed, num_workers) -> vector env
+
+
+def metaworld_env_factory(task: str, n_obs_steps: int, n_action_steps: int, max_episode_steps: int,
+                          goal_seed: int) -> EnvFactory:
+    """ChunkVecEnv builder; every env draws goals from the same pre-sampled pool (``goal_seed``)."""
+    single = functools.partial(make_env, task, max_episode_steps=max_episode_steps, goal_seed=goal_seed)
+
+    def make(num_envs: int, seed: int, num_workers: int | None = None):
+        return ChunkVecEnv(task, num_envs, seed=seed, n_obs_steps=n_obs_steps, n_action_steps=n_action_steps,
+                           num_workers=num_workers, max_episode_steps=max_episode_steps, env_factory=single)
+
+    return make
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def build_env_groups(make: EnvFactory, num_envs: int, groups: int, seed: int, num_workers: int | None) -> list:
+    """``groups`` vector envs of ``num_envs`` in all, with distinct seeds; the worker processes (default: one
+    per core) are shared out between them (0: every group in-process)."""
+    workers = num_workers if num_workers is not None else os.cpu_count() or 1
+    per_group = _shares(workers, groups)
+    envs = []
+    try:
+        for g, n in enumerate(_shares(num_envs, groups)):
+            envs.append(make(n, seed * groups + g, min(max(1, per_group[g]), n) if workers else 0))
+    except BaseException:
+        for e in envs:
+            e.close()
+        raise
+    return envs
+
+
+def check_dims(where, config, obs_dim: int, action_dim: int) -> None:
+    """A planner config's obs/action dims against the task env's (or dataset's)."""
+    from sodp_fast.errors import CheckpointError
+
+    for name, have in (("obs_dim", obs_dim), ("action_dim", action_dim)):
+        if getattr(config, name) != have:
+            raise CheckpointError(f"{where}: checkpoint has {name}={getattr(config, name)}, but the task env has "
+                                  f"{name}={have}")

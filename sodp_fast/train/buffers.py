@@ -20,6 +20,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from sodp_fast.errors import CheckpointError
+from sodp_fast.train.run import record, tensor
+
 
 @dataclass
 class Chunks:
@@ -37,9 +40,23 @@ class Chunks:
     def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         return {f"{prefix}.{f.name}": getattr(self, f.name) for f in fields(self)}
 
+    @staticmethod
+    def shapes(c) -> dict[str, tuple]:
+        """Row shapes for planner config ``c`` (None: any size)."""
+        if c is None:
+            return {f.name: None for f in fields(Chunks)}
+        return {"obs": (None, c.n_obs_steps, c.obs_dim), "latents": (None, c.ddim_steps + 1, c.horizon, c.action_dim),
+                "log_probs": (None, c.ddim_steps), "rewards": (None,), "index": (None,)}
+
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str, device) -> "Chunks":
-        return cls(**{f.name: tensors[f"{prefix}.{f.name}"].to(device) for f in fields(cls)})
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str, device, config=None,
+                     where="checkpoint") -> "Chunks":
+        """Checked against ``config`` (a PlannerConfig) before use: a mis-shaped buffer is a CheckpointError."""
+        shapes = cls.shapes(config)
+        parts = {f.name: tensor(tensors, f"{prefix}.{f.name}", where, shapes[f.name]) for f in fields(cls)}
+        if len({t.shape[0] for t in parts.values()}) != 1:
+            raise CheckpointError(f"{where}: the tensors of {prefix} have different numbers of rows")
+        return cls(**{k: v.to(device) for k, v in parts.items()})
 
     @staticmethod
     def cat(parts: list["Chunks"]) -> "Chunks":
@@ -99,10 +116,14 @@ class ReplayBuffer:
             tensors.update(p.to_tensors(f"replay.{i}"))
         return tensors, {"parts": len(self.parts)}
 
-    def load(self, tensors: dict, meta: dict, device) -> None:
+    def load(self, tensors: dict, meta: dict, device, config=None, where="checkpoint") -> None:
+        parts = record(meta, "parts", where)
+        if not isinstance(parts, int) or not 0 <= parts <= self.capacity:
+            raise CheckpointError(f"{where}: replay buffer of {parts!r} parts, capacity {self.capacity}")
+        loaded = [Chunks.from_tensors(tensors, f"replay.{i}", device, config, where) for i in range(parts)]
         self.parts.clear()
-        for i in range(meta["parts"]):
-            self.add(Chunks.from_tensors(tensors, f"replay.{i}", device))
+        for chunks in loaded:
+            self.add(chunks)
 
 
 @dataclass(eq=False)
@@ -173,8 +194,14 @@ class TargetBuffer:
             tensors[f"target.{i}.obs"], tensors[f"target.{i}.actions"] = t.obs, t.actions
         return tensors, {"trajectories": [[t.ret, t.success] for t in self.trajectories]}
 
-    def load(self, tensors: dict, meta: dict, device) -> None:
-        self.trajectories = [Trajectory(tensors[f"target.{i}.obs"].to(device),
-                                        tensors[f"target.{i}.actions"].to(device), float(r), bool(s))
-                             for i, (r, s) in enumerate(meta["trajectories"])]
+    def load(self, tensors: dict, meta: dict, device, config=None, where="checkpoint") -> None:
+        trajs = record(meta, "trajectories", where)
+        if not isinstance(trajs, list) or len(trajs) > self.capacity or any(len(t) != 2 for t in trajs):
+            raise CheckpointError(f"{where}: target buffer record is not a list of at most {self.capacity} "
+                                  "(return, success) pairs")
+        obs_shape = (None, config.n_obs_steps, config.obs_dim) if config else None
+        act_shape = (None, config.action_dim) if config else None
+        self.trajectories = [Trajectory(tensor(tensors, f"target.{i}.obs", where, obs_shape).to(device),
+                                        tensor(tensors, f"target.{i}.actions", where, act_shape).to(device),
+                                        float(r), bool(s)) for i, (r, s) in enumerate(trajs)]
         self._pairs = None

@@ -31,71 +31,66 @@ touches the training RNG.
 """
 from __future__ import annotations
 
-import argparse
-import functools
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 
-from sodp_fast.checkpoint import load_planner, load_state_checked, load_tensors, planner_state, save_planner
-from sodp_fast.errors import CheckpointError, DivergedError, SodpError
-from sodp_fast.logging import RunLogger
+from sodp_fast.checkpoint import load_planner, planner_from_state, save_planner
+from sodp_fast.errors import CheckpointError, ConfigError, DivergedError, at_least
+from sodp_fast.eval import CurveEvaluator
+from sodp_fast.options import opt
 from sodp_fast.policy import DiffusionPlanner
 from sodp_fast.train.buffers import ReplayBuffer, TargetBuffer
 from sodp_fast.train.losses import (REGULARIZERS, REWARD_NORMS, RunningMoments, chunk_advantages,
                                     improvement_loss, regularizer)
-from sodp_fast.train.rollout import Episode, OnlineSource, Timers
-from sodp_fast.train.runtime import resolve_device
-from sodp_fast.train.state import generator_state, optimizer_from_flat, optimizer_to_flat, set_generator_state
+from sodp_fast.train.rollout import Episode, OnlineSource
+from sodp_fast.train.run import (Progress, Timers, TrainingRun, generator_state, load_generator_state,
+                                 load_optimizer_state, optimizer_state, record)
+from sodp_fast.train.runtime import check_device, resolve_device
 
 STATE_FILE = "state.safetensors"
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 STATE_KIND = "sodp_fast.finetune_state"
-
-
-class FinetuneError(SodpError):
-    """Unusable options, checkpoint or run folder for fine-tuning."""
+FinetuneError = ConfigError  # unusable options, checkpoint or run folder for fine-tuning
 
 
 @dataclass
 class FinetuneConfig:
-    out: str
-    task: str
-    ckpt: str | None = None         # pre-trained planner (required unless resuming)
-    env_steps: int = 1_000_000
-    num_envs: int = 8
-    env_groups: int = 1             # vector envs pipelined: sample one while the others step (see rollout.py)
-    num_workers: int | None = None  # env worker processes in all (None: one per CPU core)
-    max_episode_steps: int = 500
-    n_init: int = 10
-    grad_steps: int = 10            # p_step per iteration
-    batch_size: int = 256
-    lr: float = 1e-5
-    lr_decay: float = 0.999         # per iteration
-    clip_eps: float = 0.1
-    grad_clip: float = 1.0
-    reg: str = "bc"
-    reg_weight: float = 1.0         # λ
-    reward_norm: str = "step"       # Eq. 12 baseline: per chunk index (see losses.py)
-    replay_iterations: int = 1
-    target_size: int = 10           # n: proficient trajectories kept in B_target
-    from_scratch: bool = False
-    offline_data: str | None = None
-    eval_every: int = 100_000
-    eval_episodes: int = 10
-    eval_num_envs: int = 10
-    ckpt_every: int = 50_000
-    seed: int = 0
-    device: str = "auto"
-    cuda_graphs: bool = False       # sample rollouts with CUDA-graph replays (GPU only; see rollout.OnlineSource)
-    progress: bool = True
+    out: str = opt(help="run folder")
+    task: str = opt(flag=False)  # --task / --tasks are the command's (one run, or one process per task)
+    ckpt: str | None = opt(None, "pre-trained planner (.safetensors); required unless resuming")
+    env_steps: int = opt(1_000_000, "env steps of fine-tuning (init rollouts included)")
+    num_envs: int = opt(8, "parallel envs per rollout iteration")
+    env_groups: int = opt(1, "env groups pipelined so stepping overlaps sampling (1 = no overlap; rollout.py)")
+    num_workers: int | None = opt(None, "env worker processes in all (none: one per CPU core; 0: in-process)")
+    max_episode_steps: int = opt(500, "episode length")
+    n_init: int = opt(10, "N_init: initial rollouts that fill B and B_target")
+    grad_steps: int = opt(10, "p_step: gradient steps per rollout iteration")
+    batch_size: int = opt(256, "transitions (chain x step) per gradient step; also the BC batch")
+    lr: float = opt(1e-5, "Adam learning rate")
+    lr_decay: float = opt(0.999, "exponential lr decay per iteration")
+    clip_eps: float = opt(0.1, "PPO clip epsilon")
+    grad_clip: float = opt(1.0, "max gradient norm")
+    reg: str = opt("bc", "regulariser: bc (SODP), kl (DPOK-like), pl (DLPO-like), none", choices=REGULARIZERS)
+    reg_weight: float = opt(1.0, "lambda: regulariser weight")
+    reward_norm: str = opt("step", "chunk-reward baseline of Eq. 12: step = per chunk index over the envs "
+                           "(see sodp_fast/train/losses.py)", choices=REWARD_NORMS)
+    replay_iterations: int = opt(1, "B keeps the chunks of this many recent iterations")
+    target_size: int = opt(10, "n: proficient trajectories kept in B_target")
+    from_scratch: bool = opt(False, "SODP_scratch: fresh weights after the init rollouts")
+    offline_data: str | None = opt(None, "SODP_off: fine-tune on this dataset's episodes of the task")
+    eval_every: int = opt(100_000, "env steps between evaluations")
+    eval_episodes: int = opt(10, "episodes per evaluation")
+    eval_num_envs: int = opt(10, "parallel envs for evaluation")
+    ckpt_every: int = opt(50_000, "env steps between checkpoints")
+    seed: int = opt(0, "seed")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
+    cuda_graphs: bool = opt(False, "sample rollouts with CUDA-graph replays of the whole DDIM chain (GPU only)")
+    progress: bool = opt(True, "progress reporting (a bar on a terminal, plain lines otherwise)")
 
     # Options that may differ when resuming: they do not change what is computed.
     RESUMABLE = ("env_steps", "eval_every", "eval_episodes", "eval_num_envs", "ckpt_every", "num_workers",
@@ -106,72 +101,24 @@ class FinetuneConfig:
             raise FinetuneError(f"--reg must be one of {', '.join(REGULARIZERS)}, not {self.reg!r}")
         if self.reward_norm not in REWARD_NORMS:
             raise FinetuneError(f"--reward-norm must be one of {', '.join(REWARD_NORMS)}, not {self.reward_norm!r}")
+        for name in ("env_steps", "num_envs", "env_groups", "n_init", "grad_steps", "batch_size", "max_episode_steps",
+                     "replay_iterations", "target_size", "eval_every", "eval_episodes", "eval_num_envs", "ckpt_every"):
+            at_least(getattr(self, name), 1, name)
+        if self.num_workers is not None:
+            at_least(self.num_workers, 0, "num_workers")
         if self.reward_norm == "step" and self.num_envs < 2:
             raise FinetuneError("--reward-norm step baselines each chunk with the same chunk of the other envs: "
                                 "it needs --num-envs >= 2 (or choose --reward-norm batch)")
-        for name in ("env_steps", "num_envs", "env_groups", "n_init", "grad_steps", "batch_size",
-                     "replay_iterations", "target_size", "eval_every", "eval_episodes", "ckpt_every"):
-            if getattr(self, name) < 1:
-                raise FinetuneError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.env_groups > self.num_envs:
             raise FinetuneError(f"--env-groups ({self.env_groups}) cannot exceed --num-envs ({self.num_envs})")
-        if not (self.lr > 0 and 0 < self.lr_decay <= 1 and self.clip_eps > 0):
-            raise FinetuneError("need lr > 0, 0 < lr_decay <= 1 and clip_eps > 0")
+        if not (self.lr > 0 and 0 < self.lr_decay <= 1 and self.clip_eps > 0 and self.grad_clip > 0):
+            raise FinetuneError("need --lr > 0, 0 < --lr-decay <= 1, --clip-eps > 0 and --grad-clip > 0")
+        if self.reg_weight < 0:
+            raise FinetuneError(f"--reg-weight must be >= 0, got {self.reg_weight}")
+        check_device(self.device)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FinetuneConfig":
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-
-
-# -- environments -----------------------------------------------------------------------------------------
-EnvFactory = Callable[[int, int, int | None], object]  # (num_envs, seed, num_workers) -> vector env
-
-
-def metaworld_env_factory(task: str, n_obs_steps: int, n_action_steps: int, max_episode_steps: int,
-                          goal_seed: int) -> EnvFactory:
-    """ChunkVecEnv builder; every group draws goals from the same pre-sampled pool (``goal_seed``)."""
-    from sodp_fast.envs.metaworld import make_env
-    from sodp_fast.envs.workers import ChunkVecEnv
-
-    single = functools.partial(make_env, task, max_episode_steps=max_episode_steps, goal_seed=goal_seed)
-
-    def make(num_envs: int, seed: int, num_workers: int | None = None):
-        return ChunkVecEnv(task, num_envs, seed=seed, n_obs_steps=n_obs_steps, n_action_steps=n_action_steps,
-                           num_workers=num_workers, max_episode_steps=max_episode_steps, env_factory=single)
-
-    return make
-
-
-def _split(total: int, parts: int) -> list[int]:
-    return [total // parts + (i < total % parts) for i in range(parts)]
-
-
-def build_envs(make_env: EnvFactory, cfg: FinetuneConfig) -> list:
-    """``env_groups`` vector envs with distinct seeds; the worker processes are shared out between them."""
-    import os
-
-    workers = cfg.num_workers if cfg.num_workers is not None else os.cpu_count() or 1
-    per_group = [max(1, w) if workers else 0 for w in _split(workers, cfg.env_groups)]
-    envs = []
-    try:
-        for g, n in enumerate(_split(cfg.num_envs, cfg.env_groups)):
-            envs.append(make_env(n, cfg.seed * cfg.env_groups + g, min(per_group[g], n) if workers else 0))
-    except BaseException:
-        for e in envs:
-            e.close()
-        raise
-    return envs
-
-
-def check_dims(ckpt: str, planner: DiffusionPlanner, env) -> None:
-    c = planner.config
-    for name, have in (("obs_dim", env.obs_dim), ("action_dim", env.action_dim)):
-        if getattr(c, name) != have:
-            raise CheckpointError(f"{ckpt}: checkpoint has {name}={getattr(c, name)}, but the task env has "
-                                  f"{name}={have}")
 
 
 # -- the fine-tuning state and its update -----------------------------------------------------------------
@@ -228,7 +175,7 @@ class Finetuner:
             if not torch.isfinite(loss):
                 raise DivergedError(f"loss became {loss.item()} at gradient step {self.grad_steps + 1} "
                                     f"(iteration {self.iteration}, {self.env_steps} env steps); the last good "
-                                    f"checkpoint is {Path(cfg.out) / STATE_FILE}")
+                                    f"checkpoint is {cfg.out}/{STATE_FILE}")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(planner.parameters(), cfg.grad_clip)
@@ -243,68 +190,54 @@ class Finetuner:
         return {**out, "lr": lr}
 
     # -- checkpointing --------------------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        opt_t, opt_meta = optimizer_to_flat(self.opt)
+    def save(self, run: TrainingRun) -> None:
+        opt_t, opt_meta = optimizer_state(self.opt)
         rep_t, rep_meta = self.replay.state()
         tgt_t, tgt_meta = self.target.state()
         tensors = {**opt_t, **rep_t, **tgt_t, "rng.rollout": generator_state(self.gen_rollout),
                    "rng.update": generator_state(self.gen_update)}
-        meta = {"kind": STATE_KIND, "finetune_config": self.cfg.to_dict(), "iteration": self.iteration,
-                "env_steps": self.env_steps, "grad_steps": self.grad_steps, "optimizer": opt_meta,
-                "replay": rep_meta, "target": tgt_meta, "running": self.running.state(),
-                "last_eval": self.last_eval}
-        save_planner(path, self.planner, meta, tensors)
+        meta = run.state_meta(self.cfg.to_dict(), iteration=self.iteration, env_steps=self.env_steps,
+                              grad_steps=self.grad_steps, optimizer=opt_meta, replay=rep_meta, target=tgt_meta,
+                              running=self.running.state(), last_eval=self.last_eval)
+        save_planner(run.state_path, self.planner, meta, tensors)
 
-    def load(self, path: Path, tensors: dict, meta: dict) -> None:
-        _, state = planner_state(path, tensors, meta)
-        load_state_checked(path, self.planner, state)
-        optimizer_from_flat(self.opt, tensors, meta["optimizer"], where=str(path))
-        self.replay.load(tensors, meta["replay"], self.device)
-        self.target.load(tensors, meta["target"], self.device)
-        self.running.load(meta["running"])
-        set_generator_state(self.gen_rollout, tensors["rng.rollout"], str(path))
-        set_generator_state(self.gen_update, tensors["rng.update"], str(path))
-        self.iteration, self.env_steps, self.grad_steps = meta["iteration"], meta["env_steps"], meta["grad_steps"]
+    def load(self, path, tensors: dict, meta: dict) -> None:
+        """The planner's weights came with it (``planner_from_state``); the rest is validated here."""
+        counters = [record(meta, k, path) for k in ("iteration", "env_steps", "grad_steps")]
+        running = record(meta, "running", path)
+        if not all(isinstance(c, int) and c >= 0 for c in counters) or not (
+                isinstance(running, list) and len(running) == 3):
+            raise CheckpointError(f"{path}: corrupt counters in the checkpoint")
+        load_optimizer_state(self.opt, tensors, record(meta, "optimizer", path), path)
+        self.replay.load(tensors, record(meta, "replay", path), self.device, self.planner.config, path)
+        self.target.load(tensors, record(meta, "target", path), self.device, self.planner.config, path)
+        load_generator_state(self.gen_rollout, tensors, "rng.rollout", path)
+        load_generator_state(self.gen_update, tensors, "rng.update", path)
+        self.running.load(running)
+        self.iteration, self.env_steps, self.grad_steps = counters
         self.last_eval = meta.get("last_eval", {})
 
 
 # -- the driver -------------------------------------------------------------------------------------------
-def _check_resumable(path: Path, meta: dict, cfg: FinetuneConfig) -> None:
-    if meta.get("kind") != STATE_KIND:
-        raise CheckpointError(f"{path}: not a fine-tuning state checkpoint")
-    old = meta["finetune_config"]
-    for k, v in cfg.to_dict().items():
-        if k not in cfg.RESUMABLE and old.get(k) != v:
-            raise FinetuneError(f"cannot resume {cfg.out}: option {k} was {old.get(k)!r}, now {v!r}")
-
-
-def _load_start(cfg: FinetuneConfig, resume: bool, device):
+def _load_start(cfg: FinetuneConfig, run: TrainingRun, device):
     """(planner, reference for KL or None, resume state or None)."""
-    run = Path(cfg.out)
-    state_path = run / STATE_FILE
-    if resume:
-        tensors, meta = load_tensors(state_path)
-        _check_resumable(state_path, meta, cfg)
-        cfg_p, state = planner_state(state_path, tensors, meta)
-        planner = DiffusionPlanner(cfg_p).to(device)
-        resume_state = (state_path, tensors, meta)
+    resumed = run.resume_state(cfg.to_dict(), cfg.RESUMABLE)
+    if resumed is not None:
+        planner = planner_from_state(run.state_path, *resumed).to(device)
+    elif not cfg.ckpt:
+        raise FinetuneError("--ckpt (the pre-trained planner) is required")
     else:
-        if state_path.exists():
-            raise FinetuneError(f"{run} already holds a fine-tuning run; pass --resume or choose another --out")
-        if not cfg.ckpt:
-            raise FinetuneError("--ckpt (the pre-trained planner) is required")
         planner, _, _ = load_planner(cfg.ckpt, device)
-        resume_state = None
     reference = None
     if cfg.reg == "kl":
         if not cfg.ckpt:
             raise FinetuneError("--reg kl needs --ckpt (the pre-trained model is the KL reference)")
         reference, _, _ = load_planner(cfg.ckpt, device)
         reference.requires_grad_(False).eval()
-    return planner, reference, resume_state
+    return planner, reference, resumed
 
 
-def finetune(cfg: FinetuneConfig, resume: bool = False, make_env: EnvFactory | None = None) -> dict:
+def finetune(cfg: FinetuneConfig, resume: bool = False, make_env=None) -> dict:
     """Run (or resume) fine-tuning in ``cfg.out``; returns the summary written to ``summary.json``.
 
     ``make_env(num_envs, seed, num_workers)`` builds a vector env with ChunkVecEnv's interface; the default
@@ -315,14 +248,20 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, make_env: EnvFactory | N
     if make_env is None:
         cfg.task = canonical_task(cfg.task)
     device = resolve_device(cfg.device)
-    planner, reference, resume_state = _load_start(cfg, resume, device)
+    with TrainingRun(cfg.out, STATE_KIND, STATE_FILE, resume).open() as run:
+        return _finetune(cfg, run, device, make_env)
+
+
+def _finetune(cfg: FinetuneConfig, run: TrainingRun, device, make_env) -> dict:
+    from sodp_fast.envs.workers import build_env_groups, check_dims, metaworld_env_factory
+
+    planner, reference, resumed = _load_start(cfg, run, device)
     c = planner.config
     if make_env is None:
         from sodp_fast.envs.metaworld import ACTION_DIM, OBS_DIM
 
-        check_dims(cfg.ckpt or cfg.out, planner, argparse.Namespace(obs_dim=OBS_DIM, action_dim=ACTION_DIM))
-        make_env = metaworld_env_factory(cfg.task, c.n_obs_steps, c.n_action_steps, cfg.max_episode_steps,
-                                         cfg.seed)
+        check_dims(cfg.ckpt or run.state_path, c, OBS_DIM, ACTION_DIM)
+        make_env = metaworld_env_factory(cfg.task, c.n_obs_steps, c.n_action_steps, cfg.max_episode_steps, cfg.seed)
     timers = Timers(sync_cuda=device.type == "cuda")
     if cfg.offline_data:
         from sodp_fast.train.offline import OfflineSource
@@ -331,73 +270,55 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, make_env: EnvFactory | N
     else:
         if cfg.cuda_graphs and device.type == "cuda":
             torch.cuda.manual_seed(cfg.seed)
-        source = OnlineSource(build_envs(make_env, cfg), device, timers, cuda_graphs=cfg.cuda_graphs)
+        envs = build_env_groups(make_env, cfg.num_envs, cfg.env_groups, cfg.seed, cfg.num_workers)
+        source = OnlineSource(envs, device, timers, cuda_graphs=cfg.cuda_graphs)
     try:
-        check_dims(cfg.offline_data or cfg.ckpt or str(Path(cfg.out) / STATE_FILE), planner,
-                   source if cfg.offline_data else source.envs[0])
+        env = source if cfg.offline_data else source.envs[0]
+        check_dims(cfg.offline_data or cfg.ckpt or run.state_path, c, env.obs_dim, env.action_dim)
         tuner = Finetuner(cfg, planner, reference, device)
-        if resume_state is not None:
-            tuner.load(*resume_state)
-        run = Path(cfg.out)
-        run.mkdir(parents=True, exist_ok=True)
-        (run / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
-        logger = RunLogger(run, resume_step=tuner.env_steps if resume_state else None)
-        evaluator = Evaluator(make_env, cfg, timers)
+        if resumed is not None:
+            tuner.load(run.state_path, *resumed)
+        run.write_json(CONFIG_FILE, cfg.to_dict())
+        logger = run.logger(tuner.env_steps if resumed else None)
+        evaluator = CurveEvaluator(make_env, cfg.task, cfg.eval_episodes, cfg.eval_num_envs, cfg.seed,
+                                   cfg.num_workers, timers)
         try:
-            _loop(tuner, source, evaluator, logger, timers, fresh=resume_state is None)
+            _loop(tuner, run, source, evaluator, logger, timers, fresh=resumed is None)
         finally:
             evaluator.close()
             logger.close()
     finally:
         source.close()
-    save_planner(run / MODEL_FILE, planner, {"finetuned_from": cfg.ckpt, "task": cfg.task,
-                                             "env_steps": tuner.env_steps})
+    save_planner(run.path / MODEL_FILE, planner, {"finetuned_from": cfg.ckpt, "task": cfg.task,
+                                                  "env_steps": tuner.env_steps})
     summary = {"task": cfg.task, "env_steps": tuner.env_steps, "iterations": tuner.iteration,
                "grad_steps": tuner.grad_steps, **{f"final_{k}": v for k, v in tuner.last_eval.items()},
                "seconds": dict(timers.seconds)}
-    (run / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    run.write_json(SUMMARY_FILE, summary)
     return summary
 
 
-class Evaluator:
-    """Evaluates on one eval vector env, opened on first use and kept open; every evaluation replays the same
-    episodes (the env is sought back to episode 0), so each point of a learning curve sees the same goals."""
+def _loop(tuner: Finetuner, run: TrainingRun, source, evaluator, logger, timers: Timers, fresh: bool) -> None:
+    cfg = tuner.cfg
 
-    def __init__(self, make_env: EnvFactory, cfg: FinetuneConfig, timers: Timers):
-        self.make_env, self.cfg, self.timers, self.venv = make_env, cfg, timers, None
-
-    def __call__(self, tuner: Finetuner) -> dict[str, float]:
-        from sodp_fast.eval import evaluate
-
-        cfg = self.cfg
-        with self.timers("eval"):
-            if self.venv is None:
-                self.venv = self.make_env(min(cfg.eval_num_envs, cfg.eval_episodes), cfg.seed + 7919,
-                                          cfg.num_workers)
-            self.venv.seek(0)
-            res = evaluate(tuner.planner, cfg.task, cfg.eval_episodes, seed=cfg.seed, venv=self.venv)
-        tuner.last_eval = {"eval_success_rate": res["success_rate"], "eval_return_mean": res["return_mean"],
-                           "eval_return_std": res["return_std"]}
+    def evaluate() -> dict:
+        tuner.last_eval = evaluator(tuner.planner)
         return tuner.last_eval
 
-    def close(self) -> None:
-        if self.venv is not None:
-            self.venv.close()
-
-
-def _loop(tuner: Finetuner, source, evaluate, logger: RunLogger, timers: Timers, fresh: bool) -> None:
-    cfg = tuner.cfg
-    run = Path(cfg.out)
     source.seek(tuner.iteration)
+    bar = Progress(cfg.env_steps, f"finetune {cfg.task}", "env step", initial=tuner.env_steps, enabled=cfg.progress)
     if fresh:
-        logger.log(0, **evaluate(tuner))
+        logger.log(0, **evaluate())
+        bar.update(0, eval_success=tuner.last_eval["eval_success_rate"])
         if cfg.offline_data:
             source.fill_target(tuner.target)
         while tuner.iteration < tuner.init_iterations:
+            before = tuner.env_steps
             tuner.absorb(source.collect(tuner.planner, tuner.gen_rollout))
+            bar.update(tuner.env_steps - before)
         if cfg.from_scratch:
             tuner.reinitialize()
-        tuner.save(run / STATE_FILE)
+        tuner.save(run)
     t0, steps0 = time.perf_counter(), tuner.env_steps
     while tuner.env_steps < cfg.env_steps:
         before = tuner.env_steps
@@ -411,10 +332,9 @@ def _loop(tuner: Finetuner, source, evaluate, logger: RunLogger, timers: Timers,
                    **timers.shares())
         last = tuner.env_steps >= cfg.env_steps
         if last or tuner.env_steps // cfg.eval_every > before // cfg.eval_every:
-            ev = evaluate(tuner)
-            logger.log(tuner.env_steps, **ev)
-            if cfg.progress:
-                print(f"[{cfg.task}] {tuner.env_steps} env steps: success {ev['eval_success_rate']:.2f}, "
-                      f"return {ev['eval_return_mean']:.1f} ({rate:.0f} env steps/s)", flush=True)
+            logger.log(tuner.env_steps, **evaluate())
+        bar.update(tuner.env_steps - before, train_success=float(ep.success.mean()),
+                   eval_success=tuner.last_eval.get("eval_success_rate", float("nan")))
         if last or tuner.env_steps // cfg.ckpt_every > before // cfg.ckpt_every:
-            tuner.save(run / STATE_FILE)
+            tuner.save(run)
+    bar.close()

@@ -23,24 +23,8 @@ import torch
 from sodp_fast.data.format import load_dataset
 from sodp_fast.errors import SodpError
 from sodp_fast.train.buffers import Chunks, TargetBuffer, Trajectory
-from sodp_fast.train.rollout import Episode, Timers
-
-
-@torch.no_grad()
-def posterior_chains(sampler, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """[B, S + 1, Tp, A] chains from the forward posterior that end exactly at ``x0`` [B, Tp, A]."""
-    coef = sampler.coef.to(device=x0.device, dtype=x0.dtype)
-    c1, c2, c3, c4, c5 = (coef[:, i] for i in (1, 2, 3, 4, 5))
-    z = torch.randn((x0.shape[0], sampler.num_steps + 1, *x0.shape[1:]), device=x0.device, dtype=x0.dtype,
-                    generator=generator)
-    x = c5[0] * x0 + c1[0] * z[:, 0]
-    latents = [x]
-    for i in range(sampler.num_steps - 1):
-        eps = (x - c5[i] * x0) / c1[i]
-        x = c2[i] * x0 + c3[i] * eps + c4[i] * z[:, i + 1]
-        latents.append(x)
-    latents.append(x0)
-    return torch.stack(latents, 1)
+from sodp_fast.train.rollout import Episode
+from sodp_fast.train.run import Timers
 
 
 class OfflineSource:
@@ -89,7 +73,7 @@ class OfflineSource:
         obs, plans, rewards = (torch.cat(x) for x in zip(*parts))
         index = torch.cat([torch.arange(len(r), device=self.device) for _, _, r in parts])
         with self.timers("sample"):
-            latents = posterior_chains(planner.sampler, plans, generator)
+            latents = planner.sampler.posterior_chain(plans, generator)
             log_probs = planner.chain_log_prob(obs, latents)
         self.iteration += 1
         returns = np.array([r.sum() for _, _, r, _ in picked])

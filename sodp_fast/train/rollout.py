@@ -12,15 +12,11 @@ sampled in a fixed order from one generator, and each env's episode is a functio
 The update itself is not overlapped with the next rollout: PPO's ratios assume the chains come from the
 current policy, and a rollout with one-update-old parameters would make B off-policy by construction.
 
-Timers. ``Timers`` accumulates wall time per phase (env = time spent *waiting* for env results, so with
-overlap it is the env time not hidden behind sampling) and opens an NVTX range per phase when the ``nvtx``
-package is installed, so Nsight timelines show rollout / sample / update / eval.
+Timers (``sodp_fast.train.run.Timers``): env = time spent *waiting* for env results, so with overlap it is the
+env time not hidden behind sampling; sample = the planner calls.
 """
 from __future__ import annotations
 
-import contextlib
-import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,35 +24,7 @@ import numpy as np
 import torch
 
 from sodp_fast.train.buffers import Chunks, Trajectory
-
-try:
-    import nvtx
-
-    _nvtx_range = nvtx.annotate
-except ImportError:  # optional: only Nsight profiling uses it
-    def _nvtx_range(_name):
-        return contextlib.nullcontext()
-
-
-class Timers:
-    """``with timers("sample"): …`` adds the elapsed seconds to ``timers.seconds["sample"]``."""
-
-    def __init__(self, sync_cuda: bool = False):
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.sync_cuda = sync_cuda
-
-    @contextlib.contextmanager
-    def __call__(self, phase: str):
-        t0 = time.perf_counter()
-        with _nvtx_range(phase):
-            yield
-            if self.sync_cuda:
-                torch.cuda.synchronize()
-        self.seconds[phase] += time.perf_counter() - t0
-
-    def shares(self) -> dict[str, float]:
-        total = sum(self.seconds.values()) or 1.0
-        return {f"time_{k}": v / total for k, v in self.seconds.items()}
+from sodp_fast.train.run import Timers
 
 
 @dataclass
