@@ -1,4 +1,4 @@
-"""``sodp repro``: the paper's learning results as one resumable pipeline (GitHub issue 8).
+"""``sodp repro``: the paper's learning results as one resumable pipeline.
 
 data → pre-train → evaluate → (fine-tune → evaluate) per task, seed and regulariser → report.
 
@@ -31,13 +31,15 @@ from typing import Callable
 
 import numpy as np
 
-from sodp_fast.checkpoint import atomic_write
+from sodp_fast.atomic import write_json, write_text
 from sodp_fast.envs.tasks import DIFFICULTY, resolve_tasks
-from sodp_fast.errors import SodpError
+from sodp_fast.errors import ConfigError, at_least
+from sodp_fast.options import opt
+from sodp_fast.train.run import Progress, RunFolder, check_config
+from sodp_fast.train.runtime import check_device
 
 
-class ReproError(SodpError):
-    """Unusable preset, options, or an output folder holding another configuration."""
+ReproError = ConfigError  # unusable preset, options, or an output folder holding another configuration
 
 
 @dataclass(frozen=True)
@@ -45,33 +47,35 @@ class Preset:
     """What one reproduction run computes. ``budget`` explains the numbers (printed by ``--dry-run``).
 
     ``seeds`` are the fine-tuning seeds, each evaluated with its own seed; data and pre-training use seed 0,
-    so every fine-tuning run starts from the same pre-trained planner, as in the paper."""
+    so every fine-tuning run starts from the same pre-trained planner, as in the paper. A ``smoke`` preset only
+    checks the set-up: its report says so and sets no goal."""
 
-    name: str
-    tasks: tuple[str, ...]
-    transitions_per_task: int  # pre-training data per task (paper: 1 M)
-    unet: str                  # U-Net preset: tiny | small | default (paper)
-    pretrain_steps: int        # paper: 5e5
-    pretrain_batch: int        # paper: 256
-    pretrain_lr: float         # paper: 1e-4
-    finetune_env_steps: int    # per (task, seed, regulariser); paper: 1e6 (Table 2: 1e5)
-    finetune_num_envs: int     # envs per rollout iteration
-    finetune_grad_steps: int   # gradient steps per rollout iteration
-    finetune_n_init: int       # N_init: pre-trained rollouts that seed the buffers (paper: 10 or 20)
-    finetune_lr: float         # paper: 1e-5
-    finetune_eval_every: int   # env steps between learning-curve points
-    finetune_eval_episodes: int
-    eval_episodes: int         # before/after evaluation per task and seed; paper: 50
-    seeds: tuple[int, ...]     # fine-tuning (and paired evaluation) seeds; paper: 3
-    ablation_task: str | None  # fine-tuned a second time with --reg none (paper §5.4); None: no ablation
-    max_episode_steps: int = 500
-    data_workers: int = 2      # processes generating data (0: in-process)
-    env_workers: int | None = None  # env processes in fine-tuning/eval (None: one per core, 0: in-process)
-    device: str = "auto"
-    budget: str = ""
+    name: str = opt(flag=False)
+    tasks: tuple[str, ...] = opt(help="tasks (comma list or set name)")
+    transitions_per_task: int = opt(help="pre-training data per task (paper: 1 M)")
+    unet: str = opt(help="U-Net preset: tiny | small | default (paper)")
+    pretrain_steps: int = opt(help="pre-training steps (paper: 5e5)")
+    pretrain_batch: int = opt(help="pre-training batch (paper: 256)")
+    pretrain_lr: float = opt(help="pre-training learning rate (paper: 1e-4)")
+    finetune_env_steps: int = opt(help="env steps per (task, seed, regulariser) (paper: 1e6; Table 2: 1e5)")
+    finetune_num_envs: int = opt(help="envs per rollout iteration")
+    finetune_grad_steps: int = opt(help="gradient steps per rollout iteration")
+    finetune_n_init: int = opt(help="N_init: pre-trained rollouts that seed the buffers (paper: 10 or 20)")
+    finetune_lr: float = opt(help="fine-tuning learning rate (paper: 1e-5)")
+    finetune_eval_every: int = opt(help="env steps between learning-curve points")
+    finetune_eval_episodes: int = opt(help="episodes per learning-curve point")
+    eval_episodes: int = opt(help="before/after evaluation episodes per task and seed (paper: 50)")
+    seeds: tuple[int, ...] = opt(help="fine-tuning (and paired evaluation) seeds, comma list (paper: 3)")
+    ablation_task: str | None = opt(help="fine-tuned a second time with --reg none (paper §5.4); none: no ablation")
+    max_episode_steps: int = opt(500, "episode length")
+    data_workers: int = opt(2, "processes generating data (0: in-process)")
+    env_workers: int | None = opt(None, "env processes in fine-tuning/eval (none: one per core, 0: in-process)")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
+    smoke: bool = opt(False, flag=False)
+    budget: str = opt("", flag=False)
 
     # Options that do not change what is computed, so they may differ on a resumed run.
-    RESUMABLE = ("data_workers", "env_workers", "device", "budget")
+    RESUMABLE = ("data_workers", "env_workers", "device", "budget", "smoke")
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen: normalise in place)
@@ -89,10 +93,13 @@ class Preset:
         for k in ("transitions_per_task", "pretrain_steps", "pretrain_batch", "finetune_env_steps",
                   "finetune_num_envs", "finetune_grad_steps", "finetune_n_init", "finetune_eval_every",
                   "finetune_eval_episodes", "eval_episodes", "max_episode_steps"):
-            if getattr(self, k) < 1:
-                raise ReproError(f"{k} must be >= 1, got {getattr(self, k)}")
+            at_least(getattr(self, k), 1, k)
+        at_least(self.data_workers, 0, "data_workers")
+        if self.env_workers is not None:
+            at_least(self.env_workers, 0, "env_workers")
         if not self.seeds:
             raise ReproError("need at least one seed")
+        check_device(self.device)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
@@ -109,7 +116,7 @@ QUICKSTART = Preset(
     name="quickstart", tasks=("reach-v3",), transitions_per_task=20_000, unet="tiny", pretrain_steps=2_000,
     pretrain_batch=128, pretrain_lr=1e-3, finetune_env_steps=10_000, finetune_num_envs=10,
     finetune_grad_steps=10, finetune_n_init=10, finetune_lr=1e-5, finetune_eval_every=5_000,
-    finetune_eval_episodes=10, eval_episodes=10, seeds=(0,), ablation_task=None, data_workers=1,
+    finetune_eval_episodes=10, eval_episodes=10, seeds=(0,), ablation_task=None, data_workers=1, smoke=True,
     budget="""\
 Smoke run of the whole pipeline on one task, ≈ 5 min on 2 CPU cores: it checks the set-up; one fine-tuning
 update is not expected to change the success rate. Measured on a 2-core CPU shared with other jobs (load ≈ 3.5):
@@ -170,8 +177,7 @@ pre-training checkpoints every 2 000 steps, fine-tuning every curve point):
   eval      50 episodes × 21 evaluations; ASSUMED ≈ 5 s each                             ≈ 2 min
   total ≈ 24 min. The ASSUMED rates are not measured yet: read the stage times in results.json after the first
 session and rescale. Paper: 3 seeds (--seeds 0,1,2 triples fine-tuning); ablation on basketball, a task of
-the paper's Figure 5. Meta-World is not installed on the GPU machines: bring cp312 wheels
-(/work/shared/scripts/gpu-wheels.sh).""")
+the paper's Figure 5. Needs Meta-World installed on the GPU machine (pip install metaworld==3.1.1).""")
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (QUICKSTART, CPU_SMALL, PAPER_MT10)}
 
@@ -264,17 +270,16 @@ class Pipeline:
         return planner
 
     def _evaluate(self, ckpt: Path, tasks: list[str], seeds: tuple[int, ...], dest: Path) -> dict:
-        from tqdm import tqdm
-
         from sodp_fast.eval import evaluate_tasks
 
         p = self.p
-        bar = tqdm(total=len(tasks) * len(seeds), unit="eval", desc="evaluate", disable=not self.progress)
+        bar = Progress(len(tasks) * len(seeds), "evaluate", "evaluation", enabled=self.progress, interval=0)
         res = evaluate_tasks(self._load(ckpt), tasks, p.eval_episodes, seeds, num_workers=p.env_workers,
-                             max_episode_steps=p.max_episode_steps, progress=lambda r: bar.update(1))
+                             max_episode_steps=p.max_episode_steps,
+                             progress=lambda r: bar.update(1, **{r["task"]: r["success_rate"]}))
         bar.close()
         res["checkpoint"] = str(ckpt)
-        atomic_write(dest, lambda tmp: Path(tmp).write_text(json.dumps(res, indent=1)))
+        write_json(dest, res)
         return {t: round(r["success_mean"], 3) for t, r in res["tasks"].items()}
 
     def _eval_pretrained(self) -> dict:
@@ -307,14 +312,16 @@ class Pipeline:
 
     def _report(self) -> dict:
         results = collect_results(self)
-        _write_json(self.out / "results.json", results)
-        atomic_write(self.out / "results.md", lambda tmp: Path(tmp).write_text(results_markdown(results)))
+        write_json(self.out / "results.json", results)
+        write_text(self.out / "results.md", results_markdown(results))
         plot_curves(self, results, self.out / "curves.png")
+        if self.p.smoke:
+            return {"smoke_test": True, "tasks": len(results["tasks"])}
         return {"goal_met": sum(r["goal_met"] for r in results["tasks"]), "tasks": len(results["tasks"])}
 
 
 # -- report -------------------------------------------------------------------------------------------------
-GOAL_POINTS = 20.0  # issue 8: fine-tuning should add at least this many success points per task
+GOAL_POINTS = 20.0  # the reproduction's goal: fine-tuning adds at least this many success points per task
 
 
 def _over_seeds(evals: list[dict], task: str) -> dict:
@@ -341,11 +348,11 @@ def collect_results(pipe: Pipeline) -> dict:
         delta = 100 * (a["success_mean"] - b["success_mean"])
         return {"task": task, "difficulty": DIFFICULTY[task], "regularizer": reg,
                 "data_success": data[task]["success_rate"], "before": b, "after": a, "delta_points": delta,
-                "goal_met": delta >= GOAL_POINTS}
+                "goal_met": None if p.smoke else delta >= GOAL_POINTS}
 
     seconds = {s.name: json.loads(pipe.marker(s.name).read_text())["seconds"] for s in pipe.stages()
                if pipe.marker(s.name).exists()}
-    return {"preset": p.to_dict(), "goal_points": GOAL_POINTS, "tasks": [row(t, "bc") for t in p.tasks],
+    return {"preset": p.to_dict(), "goal_points": None if p.smoke else GOAL_POINTS, "tasks": [row(t, "bc") for t in p.tasks],
             "ablation": ({"task": p.ablation_task, "rows": [row(p.ablation_task, r) for r in ("bc", "none")]}
                          if p.ablation_task else None),
             "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1)}
@@ -357,7 +364,11 @@ def _pct(r: dict, seeds: int) -> str:
 
 def results_markdown(res: dict) -> str:
     p, n = res["preset"], len(res["preset"]["seeds"])
-    lines = [f"# SODP reproduction: preset {p['name']}", "",
+    smoke = ["**Set-up check (smoke test), not a result.** This preset runs every stage once at toy scale to "
+             "show that the installation works end to end; its before/after numbers come from a few episodes "
+             "and one or two updates and say nothing about SODP. For results run `sodp repro --preset "
+             "cpu-small` (CPU) or `--preset paper-mt10` (GPU).", ""] if p.get("smoke") else []
+    lines = [f"# SODP {'set-up check' if smoke else 'reproduction'}: preset {p['name']}", "", *smoke,
              f"Success rate (%) over {p['eval_episodes']} episodes per task and seed (seeds {p['seeds']}"
              f"{', ± std over seeds' if n > 1 else ''}); before = the pre-trained planner, after = fine-tuned "
              f"for {p['finetune_env_steps']:,} env steps with SODP's BC regulariser. Both are evaluated on the same "
@@ -376,9 +387,12 @@ def results_markdown(res: dict) -> str:
                  f"{np.mean([r['delta_points'] for r in res['tasks']]):+.1f} | {mean('return_mean', 'before'):.0f} | "
                  f"{mean('return_mean', 'after'):.0f} |")
     met = [r["task"] for r in res["tasks"] if r["goal_met"]]
-    missed = [f"{r['task']} ({r['delta_points']:+.1f})" for r in res["tasks"] if not r["goal_met"]]
-    lines += ["", f"Goal (+{res['goal_points']:.0f} points per task): met on {len(met)} of {len(res['tasks'])} "
-              f"tasks{': ' + ', '.join(met) if met else ''}" + (f"; NOT met: {', '.join(missed)}." if missed else ".")]
+    missed = [f"{r['task']} ({r['delta_points']:+.1f})" for r in res["tasks"] if r["goal_met"] is False]
+    if res["goal_points"] is not None:
+        lines += ["", f"Goal (+{res['goal_points']:.0f} points per task): met on {len(met)} of {len(res['tasks'])} "
+                  f"tasks{': ' + ', '.join(met) if met else ''}" + (f"; NOT met: {', '.join(missed)}." if missed else ".")]
+    else:
+        lines += ["", "Set-up check passed: every stage ran and wrote its files (no goal applies to a smoke test)."]
     if res["ablation"]:
         lines += ["", f"## Regulariser ablation (paper §5.4): {res['ablation']['task']}", "",
                   "| Regulariser | Success before | Success after | Δ (points) | Return after |",
@@ -399,7 +413,7 @@ def plot_curves(pipe: Pipeline, res: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sodp_fast.logging import read_metrics
+    from sodp_fast.logging import read_metrics, save_figure
 
     p = pipe.p
     panels = [(t, ("bc",)) for t in p.tasks] + ([(p.ablation_task, ("bc", "none"))] if p.ablation_task else [])
@@ -423,9 +437,7 @@ def plot_curves(pipe: Pipeline, res: dict, out: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("solid: evaluation (deterministic DDIM); dashed: training rollouts; dotted: pre-trained planner",
                  fontsize=9)
-    fig.tight_layout()
-    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 # -- running ------------------------------------------------------------------------------------------------
@@ -433,23 +445,15 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
-
-
 def check_options(preset: Preset, out: Path) -> None:
     """Pin the options in ``OUT/repro.json``; refuse a rerun whose options would change finished work."""
+    from sodp_fast.data.format import read_json
+
     path = out / "repro.json"
     new = preset.to_dict()
     if path.exists():
-        old = json.loads(path.read_text())["preset"]
-        diff = [k for k in new if k not in Preset.RESUMABLE and old.get(k) != new[k]]
-        if diff:
-            k = diff[0]
-            raise ReproError(f"{out} holds a run with {k}={old.get(k)!r}, not {new[k]!r}"
-                             f"{f' (and {len(diff) - 1} more)' if len(diff) > 1 else ''}; "
-                             "rerun with the same options to resume, or choose another --out")
-    _write_json(path, {"preset": new, "updated": _now()})
+        check_config(read_json(path).get("preset", {}), new, Preset.RESUMABLE, out)
+    write_json(path, {"preset": new, "updated": _now()})
 
 
 def machine_block(device: str) -> str:
@@ -487,30 +491,28 @@ def describe(pipe: Pipeline) -> str:
 
 def run(preset: Preset, out: str | Path, progress: bool = True, command: str | None = None) -> dict:
     """Run the pipeline's unfinished stages in order; returns ``results.json``'s content."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_options(preset, out)
-    command = command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-    with open(out / "command.txt", "a") as f:
-        f.write(f"# {_now()}\n{command}\n")
-    with open(out / "machine.txt", "a") as f:
-        f.write(machine_block(preset.device) + "\n")
-    pipe = Pipeline(preset, out, progress)
-    stages = pipe.stages()
-    for i, stage in enumerate(stages, 1):
-        marker = pipe.marker(stage.name)
-        head = f"[{i}/{len(stages)}] {stage.name}"
-        if marker.exists():
-            print(f"{head}: done, skipped", flush=True)
-            continue
-        print(f"{head} ({'resuming' if status(pipe, stage) == 'partial' else 'starting'}): {stage.plan}", flush=True)
-        t0 = time.perf_counter()
-        summary = stage.run()
-        seconds = time.perf_counter() - t0
-        _write_json(marker, {"stage": stage.name, "seconds": round(seconds, 1), "finished": _now(),
-                             "summary": summary})
-        print(f"{head}: finished in {seconds:.0f} s", flush=True)
-    results = json.loads((out / "results.json").read_text())
-    print((out / "results.md").read_text(), end="", flush=True)
+    with RunFolder(out) as folder:
+        out = folder.path
+        check_options(preset, out)
+        command = command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        folder.append_text("command.txt", f"# {_now()}\n{command}\n")
+        folder.append_text("machine.txt", machine_block(preset.device) + "\n")
+        pipe = Pipeline(preset, out, progress)
+        stages = pipe.stages()
+        for i, stage in enumerate(stages, 1):
+            marker = pipe.marker(stage.name)
+            head = f"[{i}/{len(stages)}] {stage.name}"
+            if marker.exists():
+                print(f"{head}: done, skipped", flush=True)
+                continue
+            print(f"{head} ({'resuming' if status(pipe, stage) == 'partial' else 'starting'}): {stage.plan}",
+                  flush=True)
+            t0 = time.perf_counter()
+            summary = stage.run()
+            seconds = time.perf_counter() - t0
+            write_json(marker, {"stage": stage.name, "seconds": round(seconds, 1), "finished": _now(),
+                                "summary": summary})
+            print(f"{head}: finished in {seconds:.0f} s", flush=True)
+        results = json.loads((out / "results.json").read_text())
+        print((out / "results.md").read_text(), end="", flush=True)
     return results
-

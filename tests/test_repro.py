@@ -13,7 +13,8 @@ from sodp_fast.repro import Pipeline, ReproError, get_preset
 MICRO = dict(tasks=("reach",), transitions_per_task=80, max_episode_steps=40, unet="tiny", pretrain_steps=20,
              pretrain_batch=16, finetune_env_steps=240, finetune_num_envs=2, finetune_grad_steps=2,
              finetune_n_init=2, finetune_eval_every=80, finetune_eval_episodes=2, eval_episodes=2, seeds=(0,),
-             ablation_task="reach", data_workers=0, env_workers=0, device="cpu")
+             ablation_task="reach", data_workers=0, env_workers=0, device="cpu",
+             smoke=False)  # the full report, with its goal line (the quickstart itself is a smoke test)
 
 
 def micro():
@@ -67,6 +68,16 @@ def test_micro_preset_runs_end_to_end(finished):
     for label in ("reach-v3-bc-s0", "reach-v3-none-s0"):  # learning curves: before, then after each iteration
         recs = [json.loads(line) for line in (out / "finetune" / label / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in recs if "eval_success_rate" in r] == [0, 160, 240]  # init iteration: 80 steps
+
+
+def test_a_smoke_preset_reports_a_set_up_check_not_a_result(finished):
+    res = json.loads(json.dumps(finished[1]))
+    res["preset"]["smoke"], res["goal_points"] = True, None
+    for r in res["tasks"] + res["ablation"]["rows"]:
+        r["goal_met"] = None
+    md = repro.results_markdown(res)
+    assert "Set-up check (smoke test), not a result" in md and "Goal" not in md and "NOT met" not in md
+    assert repro.QUICKSTART.smoke and not repro.CPU_SMALL.smoke and not repro.PAPER_MT10.smoke
 
 
 def test_rerun_redoes_only_the_stages_without_a_marker(finished, tmp_path, monkeypatch):
