@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import json
 import platform
 import statistics
 import sys
@@ -33,16 +32,21 @@ from pathlib import Path
 
 import torch
 
+from sodp_fast.errors import ConfigError, check_fits
 from sodp_fast.graphs import GraphedSampler
+from sodp_fast.logging import save_figure
 from sodp_fast.nn.unet import PRESETS, UNetConfig, preset
 from sodp_fast.ops import dispatch
+from sodp_fast.options import parser_for
 from sodp_fast.policy import DiffusionPlanner, PlannerConfig
+from sodp_fast.train.run import RunFolder
+from sodp_fast.train.runtime import resolve_device
 
 VARIANTS = ("eager", "diffusers", "compile-reduce-overhead", "compile-max-autotune", "ours", "ours-triton",
             "ours-cuda")
 OURS_BACKEND = {"ours": "auto", "ours-triton": "triton", "ours-cuda": "cuda"}
 GPU_BATCHES = (1, 8, 32, 256, 1024, 4096)
-# targets of issue 7, checked on the default U-Net (GPU only)
+# the sampler's speed targets, checked on the default U-Net (GPU only)
 TARGET_BATCH_SMALL, TARGET_VS_EAGER, TARGET_VS_COMPILE = 32, 5.0, 3.0
 TARGET_BATCH_LARGE, TARGET_ROOFLINE = 4096, 0.5
 
@@ -258,26 +262,32 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_sampler(args: argparse.Namespace) -> dict:
-    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is visible to torch")
+    dev = resolve_device(args.device or "auto")
     on_gpu = dev.type == "cuda"
-    batches = _csv(args.batch_sizes, int) if args.batch_sizes else list(GPU_BATCHES if on_gpu else (1, 8))
+    try:
+        batches = _csv(args.batch_sizes, parser_for(int)) if args.batch_sizes else list(GPU_BATCHES if on_gpu else (1, 8))
+    except ValueError:
+        raise ConfigError(f"--batch-sizes must be a comma list of integers, not {args.batch_sizes!r}") from None
     presets = _csv(args.presets) if args.presets else (["default", "tiny"] if on_gpu else ["tiny"])
     variants = _csv(args.variants) if args.variants else (list(VARIANTS) if on_gpu else ["eager", "ours"])
     for v in variants:
         if v not in VARIANTS:
-            raise SystemExit(f"error: unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+            raise ConfigError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
     for name in presets:
-        preset(name)
+        if name not in PRESETS:
+            raise ConfigError(f"unknown U-Net preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
+    if not batches or min(batches) < 1:
+        raise ConfigError(f"--batch-sizes must be positive, got {batches}")
+    check_fits(max(batches) * 4 * 2 * 12 * 4 * 11, f"a batch of {max(batches):,} chains")
+    if args.min_reps < 1 or args.max_reps < args.min_reps or (args.min_time is not None and args.min_time < 0):
+        raise ConfigError("need 1 <= --min-reps <= --max-reps and --min-time >= 0")
     precision = args.precision if args.precision != "auto" else ("bf16" if on_gpu else "fp32")
     autocast_dtype = torch.bfloat16 if precision == "bf16" else None
     if autocast_dtype is not None and not on_gpu:
-        raise SystemExit("error: --precision bf16 needs CUDA (autocast on CPU is not what is measured here)")
+        raise ConfigError("--precision bf16 needs CUDA (autocast on CPU is not what is measured here)")
     min_time = args.min_time if args.min_time is not None else (1.0 if on_gpu else 0.2)
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(args.out).open() if args.out else None
+    out = folder.path if folder else None
     say = Report(out / "sampler.log" if out else None)
 
     info = device_info(dev)
@@ -340,15 +350,16 @@ def run_sampler(args: argparse.Namespace) -> dict:
     for r in ratios:
         say(f"  {r['preset']:<8} batch {r['batch']:>5}: {r['ours']} / {r['baseline']} = {r['ratio']:.2f}x")
     targets = check_targets(rows, ratios, on_gpu)
-    say("\ntargets (issue 7; default U-Net, GPU):")
+    say("\ntargets (default U-Net, GPU):")
     for t in targets:
         say(f"  {t['status']:<4} {t['what']}: {t['detail']}")
     result = {"benchmark": "sampler", "info": info, "precision": precision, "peak_bf16_flops": peak,
               "command": sys.argv, "rows": rows, "speedups": ratios, "targets": targets}
-    if out:
-        (out / "sampler.json").write_text(json.dumps(result, indent=1))
+    if folder:
+        folder.write_json("sampler.json", result)
         plot(rows, out / "sampler.png", f"{info['name']} ({precision})")
         say(f"\nwrote {out / 'sampler.json'}, {out / 'sampler.png'}, {out / 'sampler.log'}")
+        folder.close()
     say.close()
     return result
 
@@ -421,10 +432,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.set(xscale="log", yscale="log", xlabel="batch (chains)", ylabel="samples/s", title=f"U-Net {pname}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"DDIM chain throughput, {title}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, f"DDIM chain throughput, {title}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,10 @@ import argparse
 
 import numpy as np
 
+from sodp_fast.options import parser_for
+
+INT = parser_for(int)  # also reads 1e6
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("data", help="generate, import and inspect multi-task datasets")
@@ -12,12 +16,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     g = sub.add_parser("generate", help="noisy scripted-expert Meta-World data (resumable)")
     g.add_argument("--tasks", required=True, help="task names, comma list, or mt10 / paper-mt10 / mt50")
-    g.add_argument("--transitions-per-task", type=int, required=True,
+    g.add_argument("--transitions-per-task", type=INT, required=True,
                    help="rounded up to whole episodes")
     g.add_argument("--out", required=True, help="dataset folder")
-    g.add_argument("--workers", type=int, default=1, help="processes (tasks in parallel); 0 = in-process")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--max-episode-steps", type=int, default=500)
+    g.add_argument("--workers", type=INT, default=1, help="processes (tasks in parallel); 0 = in-process")
+    g.add_argument("--seed", type=INT, default=0)
+    g.add_argument("--max-episode-steps", type=INT, default=500)
     g.set_defaults(func=_generate)
 
     i = sub.add_parser("inspect", help="per-task counts, success and returns by episode quintile")

@@ -111,9 +111,17 @@ class MultiTaskDataset:
     manifest: dict = field(repr=False)
 
 
+class _Writer:
+    """Only ``write``: np.save then writes through Python, whose errors carry errno (a full disk says so;
+    ``ndarray.tofile``, used for real files, reports only a short count)."""
+
+    def __init__(self, f):
+        self.write = f.write
+
+
 def _write_npy(tmp: str, array: np.ndarray) -> None:
     with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a bare path
-        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        np.save(_Writer(f), np.ascontiguousarray(array), allow_pickle=False)
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
@@ -127,12 +135,18 @@ def save_json(path: Path, obj: dict) -> None:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; anything else (missing, unreadable, not JSON, not an object) is one line."""
     try:
-        return json.loads(Path(path).read_text())
+        obj = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise DataFormatError(f"{path}: file is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataFormatError(f"{path}: not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    except OSError as e:
+        raise DataFormatError(f"{path}: cannot read it ({e.strerror})") from None
+    if not isinstance(obj, dict):
+        raise DataFormatError(f"{path}: not a JSON object (got {type(obj).__name__})")
+    return obj
 
 
 def check_finite(path_or_name, array: np.ndarray, chunk: int = 1 << 20) -> None:
@@ -254,9 +268,25 @@ def load_dataset(root, tasks: list[str] | str | None = None, finite: bool = True
     ``finite=True`` scans float arrays for NaN/inf in 1M-row chunks (a few seconds per 10M transitions).
     """
     root = Path(root)
+    if not root.exists():
+        raise DataFormatError(f"dataset folder {root} does not exist")
+    if not root.is_dir():
+        raise DataFormatError(f"{root}: is a file, not a dataset folder")
+    if not (root / MANIFEST).exists():
+        raise DataFormatError(f"{root / MANIFEST}: file is missing, so {root} is not a dataset (make one with "
+                              "`sodp data generate`)")
     manifest = read_json(root / MANIFEST)
     if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
         raise DataFormatError(f"{root / MANIFEST}: not a {FORMAT_NAME} v{FORMAT_VERSION} manifest")
+    try:
+        return _load_dataset(root, manifest, tasks, finite)
+    except SodpError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:  # a manifest with the right header but broken records
+        raise DataFormatError(f"{root / MANIFEST}: malformed manifest ({type(e).__name__}: {e})") from None
+
+
+def _load_dataset(root: Path, manifest: dict, tasks, finite: bool) -> MultiTaskDataset:
     available = manifest["tasks"]
     if tasks is None:
         names = list(available)

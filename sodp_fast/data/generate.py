@@ -24,6 +24,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import math
 import multiprocessing as mp
+import os
+import threading
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from sodp_fast.data.format import DataFormatError, TaskData, task_record, write_manifest, write_task
-from sodp_fast.envs.metaworld import MAX_EPISODE_STEPS, make_env
+from sodp_fast.envs.metaworld import ACTION_DIM, MAX_EPISODE_STEPS, OBS_DIM, make_env
+from sodp_fast.errors import at_least, check_fits
 from sodp_fast.envs.tasks import DIFFICULTY, MT50, resolve_tasks
 
 
@@ -130,9 +134,27 @@ def generate_task(task: str, settings: GenerateSettings, progress=None) -> TaskD
 _progress_queue = None
 
 
-def _init_worker(queue) -> None:
+def _init_worker(queue, main_pid: int) -> None:
+    """Also makes the worker die with the main process: a killed ``sodp data generate`` (even by SIGKILL) must
+    not leave workers running and writing; the temporaries they leave are removed when the folder is reopened.
+    (The forkserver cannot do this: every worker it forks keeps it alive.)"""
     global _progress_queue
     _progress_queue = queue
+    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True).start()
+
+
+def _exit_with(pid: int) -> None:
+    stat = Path(f"/proc/{pid}/stat")
+    while True:
+        time.sleep(0.5)
+        try:
+            os.kill(pid, 0)
+            if stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":  # dead, not yet reaped
+                raise ProcessLookupError
+        except (ProcessLookupError, IndexError):
+            os._exit(1)
+        except OSError:  # /proc vanished between the calls: look again
+            pass
 
 
 def _generate_and_write(task: str, settings: GenerateSettings, out: str) -> dict:
@@ -156,38 +178,43 @@ def generate(tasks: str | list[str], out, transitions_per_task: int, seed: int =
              max_episode_steps: int = MAX_EPISODE_STEPS, goals: str = "presampled", progress: bool = True) -> dict:
     """Generate (or finish) a dataset at ``out``, one process per task at a time; returns the manifest.
 
-    ``workers=0`` runs in this process.  The manifest is rewritten after every finished task.
+    ``workers=0`` runs in this process.  The manifest is rewritten after every finished task.  ``out`` is a run
+    folder (``sodp_fast.train.run.RunFolder``): locked while generating, and temporaries that a killed run left
+    are removed when it is opened again.
     """
-    from tqdm import tqdm
+    from sodp_fast.train.run import Progress, RunFolder
 
     names = resolve_tasks(tasks)
-    if transitions_per_task < 1:
-        raise DataFormatError("transitions per task must be >= 1")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = GenerateSettings(transitions_per_task, seed, max_episode_steps, goals)
-    todo = pending_tasks(out, names, settings)
-    run_settings = {"generator": "scripted-expert-annealed-noise", **asdict(settings), "tasks": names}
+    for name, value, low in (("transitions_per_task", transitions_per_task, 1), ("workers", workers, 0),
+                             ("max_episode_steps", max_episode_steps, 1)):
+        at_least(value, low, name)
     per_task = math.ceil(transitions_per_task / max_episode_steps) * max_episode_steps
-    bar = tqdm(total=per_task * len(todo), unit="step", desc="generate", disable=not progress or not todo)
-    if workers == 0:
-        for task in todo:
-            write_task(out, generate_task(task, settings), settings.for_task(task))
-            bar.update(per_task)
-            write_manifest(out, run_settings)
-    else:
-        ctx = mp.get_context("forkserver")
-        queue = ctx.Queue()
-        with cf.ProcessPoolExecutor(min(workers, max(1, len(todo))), mp_context=ctx, initializer=_init_worker,
-                                    initargs=(queue,)) as pool:
-            futures = {pool.submit(_generate_and_write, t, settings, str(out)): t for t in todo}
-            remaining = set(futures)
-            while remaining:
-                done, remaining = cf.wait(remaining, timeout=0.2)
-                while not queue.empty():
-                    bar.update(queue.get())
-                for f in done:
-                    f.result()
-                    write_manifest(out, run_settings)
-    bar.close()
-    return write_manifest(out, run_settings)
+    parallel = min(max(workers, 1), len(names))
+    check_fits(per_task * 4 * (OBS_DIM + ACTION_DIM + 1) * parallel, f"{parallel} task(s) of {per_task:,} transitions")
+    settings = GenerateSettings(transitions_per_task, seed, max_episode_steps, goals)
+    run_settings = {"generator": "scripted-expert-annealed-noise", **asdict(settings), "tasks": names}
+    with RunFolder(out) as folder:
+        out = folder.path
+        todo = pending_tasks(out, names, settings)
+        bar = Progress(per_task * len(todo), "generate", "step", enabled=progress and bool(todo))
+        if workers == 0:
+            for task in todo:
+                write_task(out, generate_task(task, settings), settings.for_task(task))
+                bar.update(per_task)
+                write_manifest(out, run_settings)
+        else:
+            ctx = mp.get_context("forkserver")
+            queue = ctx.Queue()
+            with cf.ProcessPoolExecutor(min(workers, max(1, len(todo))), mp_context=ctx, initializer=_init_worker,
+                                        initargs=(queue, os.getpid())) as pool:
+                futures = {pool.submit(_generate_and_write, t, settings, str(out)): t for t in todo}
+                remaining = set(futures)
+                while remaining:
+                    done, remaining = cf.wait(remaining, timeout=0.2)
+                    while not queue.empty():
+                        bar.update(queue.get())
+                    for f in done:
+                        f.result()
+                        write_manifest(out, run_settings)
+        bar.close()
+        return write_manifest(out, run_settings)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sodp_fast.data.format import DataFormatError, TaskData, check_finite, write_manifest, write_task
+from sodp_fast.data.format import DataFormatError, TaskData, check_finite, task_record, write_manifest, write_task
 from sodp_fast.envs.metaworld import ACTION_DIM, OBS_DIM
 from sodp_fast.envs.tasks import canonical_task, resolve_tasks
 
@@ -44,8 +44,33 @@ def find_episode_files(root) -> dict[str, list[Path]]:
     return found
 
 
+def _check_headers(path: Path) -> None:
+    """Every array's header against the bytes its member really holds, before anything is allocated: a header
+    that declares 1e11 rows must not make ``np.load`` ask for terabytes. Non-numeric arrays are refused."""
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read = {(1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read is None:
+                    raise DataFormatError(f"{path}: {info.filename} uses .npy format {version}, not 1.0 or 2.0")
+                shape, _, dtype = read(f)
+                data_bytes = info.file_size - f.tell()
+            name = info.filename[:-4]
+            if dtype.kind not in "biuf":
+                raise DataFormatError(f"{path}: unreadable array {name!r} (dtype {dtype}, not a number type)")
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if declared > data_bytes:
+                raise DataFormatError(f"{path}: array {name!r} declares shape {list(shape)} ({declared:,} bytes) "
+                                      f"but holds {data_bytes:,} bytes")
+
+
 def _read_episode(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool | None]:
     try:
+        _check_headers(path)
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
@@ -81,7 +106,7 @@ def read_mtdiff_task(task: str, files: list[Path]) -> tuple[TaskData, bool]:
 
 def import_mtdiff(src, out, tasks: list[str] | None = None, progress: bool = True) -> dict:
     """Convert an MTDiff/HarmoDT tree at ``src`` into a dataset at ``out``; returns the manifest."""
-    from tqdm import tqdm
+    from sodp_fast.train.run import Progress, RunFolder
 
     found = find_episode_files(src)
     if tasks is not None:
@@ -90,9 +115,16 @@ def import_mtdiff(src, out, tasks: list[str] | None = None, progress: bool = Tru
         if missing:
             raise DataFormatError(f"{src}: no episode files for {', '.join(missing)}")
         found = {t: found[t] for t in wanted}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for task, files in tqdm(found.items(), desc="import", unit="task", disable=not progress):
-        data, success_known = read_mtdiff_task(task, files)
-        write_task(out, data, {"source": "mtdiff", "src": str(Path(src) / task), "success_known": success_known})
-    return write_manifest(out, {"source": "mtdiff", "src": str(src), "tasks": list(found)})
+    with RunFolder(out) as folder:
+        existing = [t for t in found if task_record(folder.path, t) is not None]
+        if existing:
+            raise DataFormatError(f"{folder.path / existing[0]}: the dataset already holds this task; import "
+                                  "into another --out (importing never replaces data)")
+        bar = Progress(len(found), "import", "task", enabled=progress, interval=0)
+        for task, files in found.items():
+            data, success_known = read_mtdiff_task(task, files)
+            write_task(folder.path, data, {"source": "mtdiff", "src": str(Path(src) / task),
+                                           "success_known": success_known})
+            bar.update(1)
+        bar.close()
+        return write_manifest(folder.path, {"source": "mtdiff", "src": str(src), "tasks": list(found)})
