@@ -24,17 +24,9 @@ class DivergedError(SodpError):
     """Training produced a NaN/inf loss or gradient; the last good checkpoint is kept and the step named."""
 
 
-def memory_bytes() -> int:
-    """This machine's physical memory (the most any one allocation here can use)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):  # not POSIX: no limit known
-        return 1 << 62
-
-
 def check_fits(nbytes: float, what: str) -> None:
-    """Refuse, before allocating, what cannot fit in this machine's memory."""
-    have = memory_bytes()
+    """Refuse, before allocating, what cannot fit in this machine's physical memory."""
+    have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if nbytes > have:
         raise ConfigError(f"{what} would need {nbytes / 2**30:,.1f} GiB, more than this machine's "
                           f"{have / 2**30:,.1f} GiB of memory")

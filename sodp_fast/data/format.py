@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sodp_fast.atomic import atomic_write
+from sodp_fast.atomic import atomic_write, write_json
 from sodp_fast.envs.tasks import resolve_tasks
 from sodp_fast.errors import SodpError
 
@@ -129,11 +129,6 @@ def save_array(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda tmp: _write_npy(tmp, array))
 
 
-def save_json(path: Path, obj: dict) -> None:
-    """Write one JSON file atomically."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
-
-
 def read_json(path: Path) -> dict:
     """A JSON object from ``path``; anything else (missing, unreadable, not JSON, not an object) is one line."""
     try:
@@ -203,7 +198,7 @@ def write_task(root: Path, data: TaskData, settings: dict | None = None) -> dict
         "success_rate": float(np.mean(data.success)), "mean_return": float(returns.mean()),
         "obs_stats": ObsStats.of(data.observations).to_json(), "settings": settings or {},
     }
-    save_json(folder / TASK_RECORD, record)
+    write_json(folder / TASK_RECORD, record)
     return record
 
 
@@ -240,7 +235,7 @@ def write_manifest(root: Path, settings: dict | None = None) -> dict:
         "settings": settings or {},
         "obs_stats": ObsStats.pool([ObsStats.from_json(r["obs_stats"]) for r in records.values()]).to_json(),
     }
-    save_json(root / MANIFEST, manifest)
+    write_json(root / MANIFEST, manifest)
     return manifest
 
 
