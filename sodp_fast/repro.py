@@ -118,8 +118,9 @@ QUICKSTART = Preset(
     finetune_grad_steps=10, finetune_n_init=10, finetune_lr=1e-5, finetune_eval_every=5_000,
     finetune_eval_episodes=10, eval_episodes=10, seeds=(0,), ablation_task=None, data_workers=1, smoke=True,
     budget="""\
-Smoke run of the whole pipeline on one task, ≈ 5 min on 2 CPU cores: it checks the set-up; one fine-tuning
-update is not expected to change the success rate. Measured on a 2-core CPU shared with other jobs (load ≈ 3.5):
+Set-up check of the whole pipeline on one task, ≈ 3.5 min on 2 CPU cores: it shows the installation works;
+one fine-tuning update is not expected to change the success rate. Measured on a 2-core CPU shared with other
+jobs (load ≈ 3.5):
   data      20 k transitions, one process                                             11 s
   pretrain  2 000 steps × batch 128 (13 epochs), tiny U-Net (236 k params), 0.065 s/step 131 s
   eval      10 episodes (one round of 10 envs), before and after                     9 + 12 s
@@ -134,10 +135,10 @@ CPU_SMALL = Preset(
     finetune_eval_every=15_000, finetune_eval_episodes=10, eval_episodes=50, seeds=(0,),
     ablation_task="sweep-into-v3",
     budget="""\
-≈ 1 h on 2 CPU cores: three paper-MT10 tasks, one per difficulty class, and the BC-vs-none ablation.
-Tasks: button-press (easy), sweep-into (medium), push (hard) in Seo et al.'s classes (envs/tasks.py
-DIFFICULTY); all three are in the paper's Table 6 (after fine-tuning 88.0, 60.7, 33.3 %). Their data run from
-random to near-expert (generate.py calibration: button-press success by quintile 0/0/.2/.6/1; the hard schedule
+≈ 50 min on 2 CPU cores: three paper-MT10 tasks, one per difficulty class, and the BC-vs-none ablation.
+Tasks: button-press (easy), sweep-into (medium), push (hard) in Seo et al.'s difficulty
+classes; all three are in the paper's Table 6 (after fine-tuning 88.0, 60.7, 33.3 %). Their data run from
+random to near-expert (generator calibration: button-press success by quintile 0/0/.2/.6/1; the hard schedule
 anneals linearly to the expert), so a planner imitating the mixture solves them partly and leaves room for +20
 points. Calibration: a tiny U-Net pre-trained for 6 k steps × batch 128 on 20 k transitions per task of these
 three tasks (data success 35 / 55 / 28 %) solved 20 / 15 / 5 % of 20 episodes. Left out: drawer-close (the

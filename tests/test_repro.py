@@ -1,7 +1,9 @@
 """``sodp repro``: a micro preset runs end to end on real Meta-World, writes the table, plot and JSON, and a
 rerun after a kill or a deleted marker redoes only the unfinished stages."""
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +134,18 @@ def test_cli_overrides_reach_the_preset(tmp_path, capsys):
     assert p.finetune_lr == 3e-4 and p.unet == "tiny"
     with pytest.raises(ReproError, match="not among the tasks"):
         get_preset("cpu-small", tasks=("reach",))
+
+
+def test_plot_accepts_a_repro_folder(finished, tmp_path, capsys):
+    out = finished[0]
+    assert cli.main(["plot", str(out), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_the_readme_states_the_presets_budgets():
+    """The time a preset's budget (printed by --dry-run) states first is the one the README gives."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for preset, where in ((repro.QUICKSTART, "**1. Install and run the main job"),
+                          (repro.CPU_SMALL, "`sodp repro --preset cpu-small` runs")):
+        [stated] = re.findall(r"≈ [\d.]+ (?:min|h) on 2 CPU cores", preset.budget.splitlines()[0])
+        assert stated in readme.split(where, 1)[1][:120], (preset.name, stated)
