@@ -358,3 +358,49 @@ def test_killing_data_generate_stops_its_workers(tmp_path):
         time.sleep(0.1)
     assert not any(_alive(p) for p in workers)
     assert not (out / "manifest.json").exists()
+
+
+# -- resume state is validated before it is used ----------------------------------------------------------------
+def _tamper_rng(t, m):
+    del t["rng.noise.0"]
+
+
+def _tamper_optimizer_shape(t, m):
+    key = next(k for k in t if k.startswith("optim.state.") and k.endswith(".exp_avg") and t[k].dim() > 1)
+    t[key] = t[key].flatten()[:-1]
+
+
+def _tamper_optimizer_record(t, m):
+    del m["optimizer"]
+
+
+@pytest.mark.parametrize("tamper,expect", [(_tamper_rng, "no tensor 'rng.noise.0'"),
+                                           (_tamper_optimizer_shape, "optimiser state 'exp_avg' of parameter"),
+                                           (_tamper_optimizer_record, "no 'optimizer' record")],
+                         ids=["missing-rng-key", "wrong-shaped-optimiser-state", "missing-optimiser-record"])
+def test_a_bad_resume_state_is_one_error_before_any_step(w, tmp_path, capsys, tamper, expect):
+    out = tmp_path / "run"
+    argv = ["pretrain", "--data", w["data"], "--out", out, "--preset", "tiny", "--steps", "2", "--batch-size", "8",
+            "--eval-batch", "8", "--log-every", "1", "--no-progress"]
+    assert cli.main([str(a) for a in argv]) == 0
+    capsys.readouterr()
+    state = out / "train_state.safetensors"
+    tensors, meta = load_tensors(state)
+    tamper(tensors, meta)
+    save_tensors(state, tensors, meta)
+    before = state.read_bytes(), (out / "metrics.jsonl").read_text()
+    assert expect in _error(capsys, [*argv, "--steps", "4", "--resume"])  # the last --steps counts
+    assert (state.read_bytes(), (out / "metrics.jsonl").read_text()) == before and _no_temps(out) == []
+
+
+def test_progress_writes_plain_lines_when_not_on_a_terminal():
+    from sodp_fast.train.run import Progress
+
+    stream = io.StringIO()
+    bar = Progress(30, "finetune reach-v3", "env step", interval=0, stream=stream)
+    bar.update(10, success=0.5)
+    bar.update(20)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and len(lines) == 2
+    assert lines[0].startswith("finetune reach-v3: 10/30 env steps (33 %)") and lines[0].endswith("success 0.5")

@@ -159,7 +159,20 @@ def test_kill_and_resume_is_bit_identical(toy_ckpt, tmp_path):
     assert steps == sorted(steps)  # records past the checkpoint were dropped on resume
 
 
-def test_metaworld_smoke_and_plot(tmp_path):
+def test_progress_is_plain_lines_when_output_is_not_a_terminal(toy_ckpt, tmp_path, capsys, monkeypatch):
+    """Off a terminal (a log file, a pipe) fine-tuning reports in plain lines, never carriage returns."""
+    from sodp_fast.train.run import Progress
+
+    monkeypatch.setattr(Progress, "INTERVAL", 0.0)  # a line per update instead of one per 15 s
+    finetune(toy_cfg(tmp_path / "run", toy_ckpt, env_steps=4 * ITER, progress=True), make_env=make_toy_env)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and len(lines) >= 4 and all(line.startswith("finetune toy: ") for line in lines), err
+    assert lines[-1].startswith(f"finetune toy: {4 * ITER}/{4 * ITER} env steps (100 %), ")
+    assert "env steps/s" in lines[-1] and "train_success" in lines[-1] and "eval_success" in lines[-1]
+
+
+def test_metaworld_smoke_and_plot(tmp_path, capsys):
     from sodp_fast.nn.unet import preset
     from sodp_fast.plots import plot_runs
     from sodp_fast.policy import DiffusionPlanner, PlannerConfig
@@ -169,9 +182,10 @@ def test_metaworld_smoke_and_plot(tmp_path):
     code = main(["finetune", "--task", "reach", "--ckpt", str(tmp_path / "pre.safetensors"), "--out",
                  str(tmp_path / "run"), "--env-steps", "96", "--num-envs", "2", "--env-groups", "2",
                  "--num-workers", "2", "--max-episode-steps", "24", "--n-init", "2", "--grad-steps", "2",
-                 "--batch-size", "32", "--eval-episodes", "2", "--eval-num-envs", "2", "--device", "cpu",
-                 "--no-progress"])
+                 "--batch-size", "32", "--eval-episodes", "2", "--eval-num-envs", "2", "--device", "cpu"])
     assert code == 0
+    err = capsys.readouterr().err  # not a terminal: the final progress line, plain
+    assert "\r" not in err and "finetune reach-v3: 96/96 env steps (100 %)" in err.splitlines()[-1], err
     run = tmp_path / "run"
     recs = [json.loads(l) for l in open(run / "metrics.jsonl")]
     assert [r["step"] for r in recs if "eval_success_rate" in r] == [0, 96]

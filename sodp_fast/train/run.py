@@ -264,9 +264,12 @@ class Progress:
     """A tqdm bar when ``stream`` (stderr) is a terminal; otherwise one plain line per ``interval`` seconds and
     one at the end: ``desc: 12,000/50,000 env steps (24 %), 410 env steps/s, success 0.30``."""
 
+    INTERVAL = 15.0  # seconds between plain lines (the default ``interval``)
+
     def __init__(self, total: int, desc: str, unit: str = "step", initial: int = 0, enabled: bool = True,
-                 interval: float = 15.0, stream=None):
-        self.total, self.desc, self.unit, self.enabled, self.interval = total, desc, unit, enabled, interval
+                 interval: float | None = None, stream=None):
+        self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
+        self.interval = self.INTERVAL if interval is None else interval
         self.stream = stream or sys.stderr
         self.n = self._n0 = self._printed = initial
         self.info: dict[str, str] = {}
