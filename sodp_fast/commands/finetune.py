@@ -58,6 +58,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reward-norm", default=_D.reward_norm, choices=list(REWARD_NORMS),
                    help="chunk-reward baseline/normalisation in Eq. 12: step = per chunk index over the envs "
                         "(see sodp_fast/train/losses.py)")
+    p.add_argument("--signal", default=_D.signal, choices=["return", "chunk"],
+                   help="what weighs a chain in Eq. 12: return = the return-to-go from its chunk (this and every "
+                        "later chunk reward of the episode), chunk = the chunk's own reward (the paper's r(a^0))")
+    p.add_argument("--log-ratio", default=_D.log_ratio, choices=["mean", "sum"],
+                   help="PPO ratio from the mean (DPPO) or the sum (exact chain likelihood) of the per-dimension "
+                        "log-ratios of a denoising step")
     p.add_argument("--from-scratch", action="store_true", help="SODP_scratch: fresh weights after the init rollouts")
     p.add_argument("--offline-data", default=None, help="SODP_off: fine-tune on this dataset's episodes of the task")
     p.add_argument("--device", default=_D.device, help="auto, cpu, cuda, cuda:1 ...")
@@ -72,8 +78,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace, task: str, out: str) -> FinetuneConfig:
     kw = {name: getattr(args, name) for name, _, _ in _FLAGS}
     return FinetuneConfig(out=out, task=task, ckpt=args.ckpt, reg=args.reg, reward_norm=args.reward_norm,
-                          from_scratch=args.from_scratch, offline_data=args.offline_data, device=args.device,
-                          cuda_graphs=args.cuda_graphs, progress=not args.no_progress, **kw)
+                          signal=args.signal, log_ratio=args.log_ratio, from_scratch=args.from_scratch, offline_data=args.offline_data,
+                          device=args.device, cuda_graphs=args.cuda_graphs, progress=not args.no_progress, **kw)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 def _child_argv(args: argparse.Namespace) -> list[str]:
     """The options of this command line, for one ``--task`` child (``--task``/``--out`` added by the caller)."""
     argv = []
-    for name in [f for f, _, _ in _FLAGS] + ["ckpt", "reg", "reward_norm", "offline_data", "device"]:
+    for name in [f for f, _, _ in _FLAGS] + ["ckpt", "reg", "reward_norm", "signal", "log_ratio", "offline_data", "device"]:
         if getattr(args, name) is not None:
             argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     for name in ("from_scratch", "cuda_graphs", "no_progress", "resume"):

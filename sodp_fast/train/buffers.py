@@ -29,6 +29,7 @@ class Chunks:
     latents: torch.Tensor    # [M, S + 1, Tp, A] x_K … x_0
     log_probs: torch.Tensor  # [M, S] log-prob of each transition under the policy that sampled it
     rewards: torch.Tensor    # [M] chunk reward r(a⁰): sum of the executed rewards (γ = 1)
+    returns: torch.Tensor    # [M] return-to-go: this chunk's reward plus every later chunk's of the episode
     index: torch.Tensor      # [M] int64 chunk index t within its episode (the ``step`` baseline groups by it)
 
     def __len__(self) -> int:

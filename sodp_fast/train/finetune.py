@@ -47,8 +47,8 @@ from sodp_fast.errors import CheckpointError, DivergedError, SodpError
 from sodp_fast.logging import RunLogger
 from sodp_fast.policy import DiffusionPlanner
 from sodp_fast.train.buffers import ReplayBuffer, TargetBuffer
-from sodp_fast.train.losses import (REGULARIZERS, REWARD_NORMS, RunningMoments, chunk_advantages,
-                                    improvement_loss, regularizer)
+from sodp_fast.train.losses import (LOG_RATIOS, REGULARIZERS, REWARD_NORMS, SIGNALS, RunningMoments, chunk_advantages,
+                                    chunk_signal, improvement_loss, regularizer)
 from sodp_fast.train.rollout import Episode, OnlineSource, Timers
 from sodp_fast.train.runtime import resolve_device
 from sodp_fast.train.state import generator_state, optimizer_from_flat, optimizer_to_flat, set_generator_state
@@ -77,13 +77,15 @@ class FinetuneConfig:
     n_init: int = 10
     grad_steps: int = 10            # p_step per iteration
     batch_size: int = 256
-    lr: float = 1e-5
+    lr: float = 2e-6                # paper: 1e-5, which collapsed the tiny planner (see losses.py)
     lr_decay: float = 0.999         # per iteration
     clip_eps: float = 0.1
     grad_clip: float = 1.0
     reg: str = "bc"
     reg_weight: float = 1.0         # λ
     reward_norm: str = "step"       # Eq. 12 baseline: per chunk index (see losses.py)
+    signal: str = "return"          # what weighs a chain: return-to-go from its chunk, or the chunk reward
+    log_ratio: str = "mean"         # PPO ratio from the mean or the sum of the per-dimension log-ratios
     replay_iterations: int = 1
     target_size: int = 10           # n: proficient trajectories kept in B_target
     from_scratch: bool = False
@@ -106,6 +108,10 @@ class FinetuneConfig:
             raise FinetuneError(f"--reg must be one of {', '.join(REGULARIZERS)}, not {self.reg!r}")
         if self.reward_norm not in REWARD_NORMS:
             raise FinetuneError(f"--reward-norm must be one of {', '.join(REWARD_NORMS)}, not {self.reward_norm!r}")
+        if self.log_ratio not in LOG_RATIOS:
+            raise FinetuneError(f"--log-ratio must be one of {', '.join(LOG_RATIOS)}, not {self.log_ratio!r}")
+        if self.signal not in SIGNALS:
+            raise FinetuneError(f"--signal must be one of {', '.join(SIGNALS)}, not {self.signal!r}")
         if self.reward_norm == "step" and self.num_envs < 2:
             raise FinetuneError("--reward-norm step baselines each chunk with the same chunk of the other envs: "
                                 "it needs --num-envs >= 2 (or choose --reward-norm batch)")
@@ -199,7 +205,7 @@ class Finetuner:
         self.replay.add(ep.chunks)
         for traj in ep.trajectories:
             self.target.offer(traj)
-        self.running.update(ep.chunks.rewards)
+        self.running.update(chunk_signal(ep.chunks, self.cfg.signal))
         self.env_steps += ep.env_steps
         self.iteration += 1
 
@@ -217,11 +223,11 @@ class Finetuner:
         for group in self.opt.param_groups:
             group["lr"] = lr
         chunks = self.replay.chunks
-        adv = chunk_advantages(chunks.rewards, cfg.reward_norm, self.running, chunks.index)
+        adv = chunk_advantages(chunk_signal(chunks, cfg.signal), cfg.reward_norm, self.running, chunks.index)
         sums = torch.zeros(5, device=self.device)
         for _ in range(cfg.grad_steps):
             batch = self.replay.sample(cfg.batch_size, adv, self.gen_update)
-            l_imp, clip_frac, approx_kl = improvement_loss(planner, batch, cfg.clip_eps)
+            l_imp, clip_frac, approx_kl = improvement_loss(planner, batch, cfg.clip_eps, cfg.log_ratio)
             reg = regularizer(cfg.reg, planner, batch, self.target, self.reference, cfg.batch_size,
                               self.gen_update)
             loss = l_imp if reg is None else l_imp + cfg.reg_weight * reg
