@@ -5,7 +5,7 @@ from sodp_fast.train.buffers import Chunks, ReplayBuffer, TargetBuffer, Trajecto
 
 def _chunks(m, s=3, fill=0.0):
     return Chunks(torch.randn(m, 2, 5), torch.randn(m, s + 1, 4, 2), torch.randn(m, s), torch.full((m,), fill),
-                  torch.arange(m))
+                  torch.full((m,), fill), torch.arange(m))
 
 
 def test_replay_keeps_recent_iterations_and_rows_match_chains():

@@ -1,4 +1,5 @@
 """Fine-tuning end to end: learning on a known-answer toy env, variants, bad input, resume, Meta-World smoke."""
+import functools
 import json
 import os
 import signal
@@ -52,11 +53,44 @@ def test_toy_finetuning_learns_and_bc_leads_none(toy_ckpt, tmp_path):
     none = curves["none"][-1][1]
     print(f"eval return: pre-trained {pre:.2f}, bc {bc:.2f}, none {none:.2f}")
     assert s0 == 0 and pre < -8
-    assert bc > pre / 4               # BC: three quarters of the gap to the optimum closed in 19 iterations
+    # BC: two thirds of the gap to the optimum closed in 19 iterations (PPO on per-dimension log-ratios pushes
+    # less than the summed ones did, so BC toward the best prior rollouts leads: ≈ 72 % measured)
+    assert bc > pre / 3
     assert none > pre + 0.1 * abs(pre)  # L_imp alone also improves on this toy (no skill to forget) ...
     assert bc > none                  # ... but more slowly: BC also pulls towards the proficient trajectories
     model, meta, _ = load_planner(tmp_path / "bc" / "model.safetensors")
     assert meta["env_steps"] == 20 * ITER
+
+
+def test_a_good_planner_is_kept_when_rewards_arrive_late(tmp_path):
+    """Regression (issue 13): fine-tuning collapsed good Meta-World planners. Two causes, both reproduced here
+    with each chunk's reward paid one chunk late (as the shaped reward pays for a move once its effect shows):
+    a chain's own chunk reward (Eq. 12 verbatim) then says little about its action, so PPO is mostly a random
+    walk away from what the planner knew; and with summed log-ratios that walk outweighs λ = 1 BC. Over three
+    seeds the former defaults (chunk reward, summed log-ratios) degrade a planner pre-trained near a*; the
+    defaults (return-to-go, per-dimension log-ratios) keep it. One thread: the runs are chaotic in float
+    rounding, so the thread count is pinned to make them repeatable."""
+    ckpt = tmp_path / "good.safetensors"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pre, final = [], {"defaults": [], "former": []}
+    try:
+        save_planner(ckpt, pretrain_broad(steps=400, spread=0.2))
+        for seed in (0, 1, 2):
+            for name, kw in (("defaults", {}), ("former", dict(signal="chunk", log_ratio="sum"))):
+                out = tmp_path / f"{name}-{seed}"
+                finetune(toy_cfg(out, str(ckpt), env_steps=20 * ITER, eval_episodes=16, seed=seed, **kw),
+                         make_env=functools.partial(make_toy_env, delay=1))
+                (_, start), *_, (_, end) = evals(out)
+                final[name].append(end)
+            pre.append(start)
+    finally:
+        torch.set_num_threads(threads)
+    pre, kept, former = np.mean(pre), np.mean(final["defaults"]), np.mean(final["former"])
+    print(f"eval return over seeds: pre-trained {pre:.2f}, defaults {kept:.2f}, former defaults {former:.2f}")
+    assert pre > -3.5                     # good already: a* ± 0.2 scores ≈ −2.5 per episode
+    assert kept >= pre                    # kept (measured: improved on every seed)
+    assert former < pre - 0.25 * abs(pre)  # walked off (measured: worse on every seed)
 
 
 def test_kl_pl_scratch_variants_run(toy_ckpt, tmp_path):

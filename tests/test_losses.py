@@ -21,7 +21,8 @@ def _replay(planner, n=16, seed=0):
     obs = torch.randn(n, 2, OBS_DIM, generator=g)
     chain = planner.sample(obs, generator=g)
     buf = ReplayBuffer()
-    buf.add(Chunks(obs, chain.latents, chain.log_probs, torch.randn(n, generator=g), torch.arange(n) // 4))
+    rewards = torch.randn(n, generator=g)
+    buf.add(Chunks(obs, chain.latents, chain.log_probs, rewards, rewards, torch.arange(n) // 4))
     return buf
 
 
@@ -47,12 +48,13 @@ def test_clipping_zeroes_the_gradient_outside_the_band(planner, sign):
     buf = _replay(planner)
     batch = buf.sample(64, torch.full((len(buf),), sign), torch.Generator().manual_seed(1))
     # ρ = e^{±1}: beyond 1 + ε for A > 0 and below 1 − ε for A < 0 → the clipped term wins, no gradient
-    batch.old_log_probs = batch.old_log_probs - sign
+    d = batch.transitions[0, 0].numel()  # the ratio is per dimension: shift the summed log-probs by ±d
+    batch.old_log_probs = batch.old_log_probs - sign * d
     loss, clip_frac, _ = improvement_loss(planner, batch, clip_eps=0.2)
     assert clip_frac.item() == 1.0
     assert _grad_norm(planner, loss) == 0
     # on the other side of the band the unclipped term is the max: a gradient flows
-    batch.old_log_probs = batch.old_log_probs + 2 * sign
+    batch.old_log_probs = batch.old_log_probs + 2 * sign * d
     loss, _, _ = improvement_loss(planner, batch, clip_eps=0.2)
     assert _grad_norm(planner, loss) > 0
 

@@ -22,7 +22,9 @@ Choices, and why:
   Eq. 9 is the whole latent a^{k−1}, and the next denoising step depends on all of it, so only the full sum is
   the exact likelihood ratio of the chain, and no log-prob is clamped. (DPPO instead clamps each dimension's
   log-prob to [−5, 2] and averages over the executed Ta × A dims only: a per-dimension mean over part of the
-  latent, which keeps its ratios tame but is not the chain's likelihood ratio.)
+  latent, which keeps its ratios tame but is not the chain's likelihood ratio.) The PPO update divides these
+  sums by Tp × A by default (``--log-ratio mean``, ``losses.improvement_loss`` says why); the sampler reports
+  the exact sums either way.
 * **Few steps are biased even with a perfect ε̂.** For Gaussian data and the analytic optimal predictor the
   10-step chain reproduces the data mean but only 40–80 % of its variance (plug-in x̂0 discards Var[x0 | x_t];
   ``tests/test_ddim.py`` computes the chain's moments in closed form). Fine-tuning optimises the sampler that is

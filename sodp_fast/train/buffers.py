@@ -32,6 +32,7 @@ class Chunks:
     latents: torch.Tensor    # [M, S + 1, Tp, A] x_K … x_0
     log_probs: torch.Tensor  # [M, S] log-prob of each transition under the policy that sampled it
     rewards: torch.Tensor    # [M] chunk reward r(a⁰): sum of the executed rewards (γ = 1)
+    returns: torch.Tensor    # [M] return-to-go: this chunk's reward plus every later chunk's of the episode
     index: torch.Tensor      # [M] int64 chunk index t within its episode (the ``step`` baseline groups by it)
 
     def __len__(self) -> int:
@@ -46,7 +47,7 @@ class Chunks:
         if c is None:
             return {f.name: None for f in fields(Chunks)}
         return {"obs": (None, c.n_obs_steps, c.obs_dim), "latents": (None, c.ddim_steps + 1, c.horizon, c.action_dim),
-                "log_probs": (None, c.ddim_steps), "rewards": (None,), "index": (None,)}
+                "log_probs": (None, c.ddim_steps), "rewards": (None,), "returns": (None,), "index": (None,)}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str, device, config=None,

@@ -43,8 +43,8 @@ from sodp_fast.eval import CurveEvaluator
 from sodp_fast.options import opt
 from sodp_fast.policy import DiffusionPlanner
 from sodp_fast.train.buffers import ReplayBuffer, TargetBuffer
-from sodp_fast.train.losses import (REGULARIZERS, REWARD_NORMS, RunningMoments, chunk_advantages,
-                                    improvement_loss, regularizer)
+from sodp_fast.train.losses import (LOG_RATIOS, REGULARIZERS, REWARD_NORMS, SIGNALS, RunningMoments,
+                                    chunk_advantages, chunk_signal, improvement_loss, regularizer)
 from sodp_fast.train.rollout import Episode, OnlineSource
 from sodp_fast.train.run import (Progress, Timers, TrainingRun, generator_state, load_generator_state,
                                  load_optimizer_state, optimizer_state, record)
@@ -71,7 +71,7 @@ class FinetuneConfig:
     n_init: int = opt(10, "N_init: initial rollouts that fill B and B_target")
     grad_steps: int = opt(10, "p_step: gradient steps per rollout iteration")
     batch_size: int = opt(256, "transitions (chain x step) per gradient step; also the BC batch")
-    lr: float = opt(1e-5, "Adam learning rate")
+    lr: float = opt(2e-6, "Adam learning rate (paper: 1e-5, which collapsed the tiny planner; see losses.py)")
     lr_decay: float = opt(0.999, "exponential lr decay per iteration")
     clip_eps: float = opt(0.1, "PPO clip epsilon")
     grad_clip: float = opt(1.0, "max gradient norm")
@@ -79,6 +79,11 @@ class FinetuneConfig:
     reg_weight: float = opt(1.0, "lambda: regulariser weight")
     reward_norm: str = opt("step", "chunk-reward baseline of Eq. 12: step = per chunk index over the envs "
                            "(see sodp_fast/train/losses.py)", choices=REWARD_NORMS)
+    signal: str = opt("return", "what weighs a chain in Eq. 12: return = the return-to-go from its chunk (this and "
+                      "every later chunk reward of the episode), chunk = the chunk's own reward (the paper's r(a^0))",
+                      choices=SIGNALS)
+    log_ratio: str = opt("mean", "PPO ratio from the mean (DPPO) or the sum (exact chain likelihood) of the "
+                         "per-dimension log-ratios of a denoising step", choices=LOG_RATIOS)
     replay_iterations: int = opt(1, "B keeps the chunks of this many recent iterations")
     target_size: int = opt(10, "n: proficient trajectories kept in B_target")
     from_scratch: bool = opt(False, "SODP_scratch: fresh weights after the init rollouts")
@@ -101,6 +106,10 @@ class FinetuneConfig:
             raise FinetuneError(f"--reg must be one of {', '.join(REGULARIZERS)}, not {self.reg!r}")
         if self.reward_norm not in REWARD_NORMS:
             raise FinetuneError(f"--reward-norm must be one of {', '.join(REWARD_NORMS)}, not {self.reward_norm!r}")
+        if self.log_ratio not in LOG_RATIOS:
+            raise FinetuneError(f"--log-ratio must be one of {', '.join(LOG_RATIOS)}, not {self.log_ratio!r}")
+        if self.signal not in SIGNALS:
+            raise FinetuneError(f"--signal must be one of {', '.join(SIGNALS)}, not {self.signal!r}")
         for name in ("env_steps", "num_envs", "env_groups", "n_init", "grad_steps", "batch_size", "max_episode_steps",
                      "replay_iterations", "target_size", "eval_every", "eval_episodes", "eval_num_envs", "ckpt_every"):
             at_least(getattr(self, name), 1, name)
@@ -146,7 +155,7 @@ class Finetuner:
         self.replay.add(ep.chunks)
         for traj in ep.trajectories:
             self.target.offer(traj)
-        self.running.update(ep.chunks.rewards)
+        self.running.update(chunk_signal(ep.chunks, self.cfg.signal))
         self.env_steps += ep.env_steps
         self.iteration += 1
 
@@ -164,11 +173,11 @@ class Finetuner:
         for group in self.opt.param_groups:
             group["lr"] = lr
         chunks = self.replay.chunks
-        adv = chunk_advantages(chunks.rewards, cfg.reward_norm, self.running, chunks.index)
+        adv = chunk_advantages(chunk_signal(chunks, cfg.signal), cfg.reward_norm, self.running, chunks.index)
         sums = torch.zeros(5, device=self.device)
         for _ in range(cfg.grad_steps):
             batch = self.replay.sample(cfg.batch_size, adv, self.gen_update)
-            l_imp, clip_frac, approx_kl = improvement_loss(planner, batch, cfg.clip_eps)
+            l_imp, clip_frac, approx_kl = improvement_loss(planner, batch, cfg.clip_eps, cfg.log_ratio)
             reg = regularizer(cfg.reg, planner, batch, self.target, self.reference, cfg.batch_size,
                               self.gen_update)
             loss = l_imp if reg is None else l_imp + cfg.reg_weight * reg

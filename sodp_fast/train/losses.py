@@ -11,6 +11,16 @@ the target policy μ they pull towards (paper Appendix E):
 * ``pl`` (DLPO-like, Eq. 24): μ = θ itself; the ε-prediction loss on the model's own samples x_0 from B.
 * ``none``: L_imp alone (DDPO / DPPO style).
 
+The signal (``chunk_signal``). Eq. 12 weighs a chain by its chunk's own reward r(a⁰) (``signal="chunk"``). On
+Meta-World that collapsed good planners (issue 13; button-press-topdown, tiny U-Net, 50 k env steps, 50
+deterministic episodes: 54 % → 0–14 %): the shaped reward pays for a move chunks after it is made, so the chunk's
+own reward says little about its action, and PPO with *shuffled* advantages degraded the planner no less than
+with the real ones (lr 2e-6: 46 % vs 34 %). The default ``signal="return"`` weighs a chain by the return-to-go
+from its chunk (this and every later chunk reward of the episode, γ = 1 as in the paper): the policy-gradient
+weight of the episodic objective, unbiased with the per-index baseline below. Measured over two tasks × two
+seeds (profiles/2026-12-02-cpu-2core-finetune-collapse/): chunk signal 17 % mean success after fine-tuning,
+return-to-go 31–46 %, from 33 % before.
+
 Reward normalisation (``chunk_advantages``). Eq. 12 weights each chain by the raw chunk reward. Meta-World
 rewards are all positive (a chunk earns up to ~80), so a raw weight raises the likelihood of *every* sampled
 chain, and only the differences between rewards carry signal; the step size then scales with the task's reward
@@ -41,6 +51,8 @@ from sodp_fast.ops.ppo_loss import ppo_clip_loss
 from sodp_fast.train.buffers import RowBatch, TargetBuffer
 
 REWARD_NORMS = ("step", "batch", "running", "none")
+SIGNALS = ("return", "chunk")
+LOG_RATIOS = ("mean", "sum")
 REGULARIZERS = ("bc", "kl", "pl", "none")
 _EPS = 1e-8
 
@@ -72,6 +84,15 @@ class RunningMoments:
         self.count, self.mean, self.m2 = int(state[0]), float(state[1]), float(state[2])
 
 
+def chunk_signal(chunks, signal: str) -> torch.Tensor:
+    """The per-chain value Eq. 12 weighs a chain's log-ratio with (module doc: why ``return`` by default)."""
+    if signal == "return":
+        return chunks.returns
+    if signal == "chunk":
+        return chunks.rewards
+    raise ValueError(f"signal must be one of {SIGNALS}, not {signal!r}")
+
+
 def chunk_advantages(rewards: torch.Tensor, mode: str, running: RunningMoments | None = None,
                      index: torch.Tensor | None = None) -> torch.Tensor:
     """The per-chain weight of Eq. 12 (see module doc); ``index`` [M] is each chain's chunk index (``step``)."""
@@ -89,10 +110,20 @@ def chunk_advantages(rewards: torch.Tensor, mode: str, running: RunningMoments |
     raise ValueError(f"reward normalisation must be one of {REWARD_NORMS}, not {mode!r}")
 
 
-def improvement_loss(planner, batch: RowBatch, clip_eps: float, backend: str | None = None):
-    """Eq. 12 on a minibatch of transitions → (loss, clip_frac, approx_kl)."""
+def improvement_loss(planner, batch: RowBatch, clip_eps: float, log_ratio: str = "mean",
+                     backend: str | None = None):
+    """Eq. 12 on a minibatch of transitions → (loss, clip_frac, approx_kl).
+
+    ``log_ratio="mean"`` (default): the ratio is exp of the mean, not the sum, of the Tp × A per-dimension
+    log-ratios (DPPO's convention), so ε bounds the per-dimension ratio. With the sum, the score of a 48-dim
+    Gaussian with std ≈ 0.1 made the PPO gradient 60–100× the BC gradient (measured grad norms 60–100 vs ≈ 1),
+    so λ = 1 BC could not hold a good planner; the mean makes the two terms comparable.
+    """
+    if log_ratio not in LOG_RATIOS:
+        raise ValueError(f"log_ratio must be one of {LOG_RATIOS}, not {log_ratio!r}")
+    d = batch.transitions[0, 0].numel() if log_ratio == "mean" else 1
     new = planner.chain_log_prob(batch.obs, batch.transitions, batch.steps, backend=backend)
-    return ppo_clip_loss(new, batch.old_log_probs, batch.advantages, clip_eps, backend)
+    return ppo_clip_loss(new / d, batch.old_log_probs / d, batch.advantages, clip_eps, backend)
 
 
 def bc_loss(planner, target: TargetBuffer, batch_size: int, generator: torch.Generator) -> torch.Tensor:

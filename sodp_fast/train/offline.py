@@ -71,6 +71,7 @@ class OfflineSource:
         picked = [self.episodes[i] for i in rng.choice(len(self.episodes), self.num_envs)]
         parts = [self._episode_chunks(o, a, r) for o, a, r, _ in picked]
         obs, plans, rewards = (torch.cat(x) for x in zip(*parts))
+        to_go = torch.cat([r.flip(0).cumsum(0).flip(0) for _, _, r in parts])
         index = torch.cat([torch.arange(len(r), device=self.device) for _, _, r in parts])
         with self.timers("sample"):
             latents = planner.sampler.posterior_chain(plans, generator)
@@ -79,7 +80,7 @@ class OfflineSource:
         returns = np.array([r.sum() for _, _, r, _ in picked])
         success = np.array([s for *_, s in picked])
         # no trajectories: B_target already holds the dataset's best (``fill_target``)
-        return Episode(Chunks(obs, latents, log_probs, rewards, index), [], returns, success,
+        return Episode(Chunks(obs, latents, log_probs, rewards, to_go, index), [], returns, success,
                        sum(len(a) for _, a, _, _ in picked))
 
     def close(self) -> None:

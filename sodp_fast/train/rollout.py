@@ -122,7 +122,9 @@ class OnlineSource:
         trajectories = [Trajectory(obs[:, i], actions[i], float(returns[i]), bool(success[i]))
                         for i in range(obs.shape[1])]
         index = torch.arange(rewards.shape[0], device=self.device).repeat_interleave(rewards.shape[1])
-        chunks = Chunks(obs.flatten(0, 1), latents.flatten(0, 1), log_probs.flatten(0, 1), rewards.flatten(), index)
+        to_go = rewards.flip(0).cumsum(0).flip(0)  # [C, N]: Σ of the chunk rewards from each chunk on
+        chunks = Chunks(obs.flatten(0, 1), latents.flatten(0, 1), log_probs.flatten(0, 1), rewards.flatten(),
+                        to_go.flatten(), index)
         return Episode(chunks, trajectories, returns, success, actions.shape[0] * actions.shape[1])
 
     def close(self) -> None:
