@@ -10,7 +10,8 @@ namespace {
 
 // A template so the noise-free loop has no per-element branch.
 template <bool kNoise>
-float step_row(const float* x, const float* eps, const float* noise, DdimCoef c, float clip, float* out, int d) {
+SODP_CPU_CLONES float step_row(const float* x, const float* eps, const float* noise, DdimCoef c, float clip,
+                               float* out, int d) {
   float sq = 0.f;
 #pragma omp simd reduction(+ : sq)
   for (int j = 0; j < d; ++j) {
@@ -22,7 +23,8 @@ float step_row(const float* x, const float* eps, const float* noise, DdimCoef c,
   return ddim_row_logprob(sq, d, c.c4);
 }
 
-float logprob_row(const float* x, const float* eps, const float* x_prev, DdimCoef c, float clip, int d) {
+SODP_CPU_CLONES float logprob_row(const float* x, const float* eps, const float* x_prev, DdimCoef c, float clip,
+                                  int d) {
   float sq = 0.f;
 #pragma omp simd reduction(+ : sq)
   for (int j = 0; j < d; ++j) {
@@ -32,8 +34,8 @@ float logprob_row(const float* x, const float* eps, const float* x_prev, DdimCoe
   return ddim_row_logprob(sq, d, c.c4);
 }
 
-void grad_row(const float* x, const float* eps, const float* x_prev, DdimCoef c, float clip, float g, float* out,
-              int d) {
+SODP_CPU_CLONES void grad_row(const float* x, const float* eps, const float* x_prev, DdimCoef c, float clip, float g,
+                              float* out, int d) {
   const float k = ddim_grad_factor(c, g);
 #pragma omp simd
   for (int j = 0; j < d; ++j) {

@@ -4,7 +4,7 @@
 // One work item per (batch, group), whose CG·T values are contiguous: two-pass statistics (mean, then
 // Σ(h − mean)²), then flat element loops over the whole group. T is 3 … 12 here, too short for per-channel loops
 // to vectorise, so the per-channel parameters are first spread to per-element scratch rows. The backward turns
-// ∂x̂ into ∂h in place; ∂gn_weight, ∂gn_bias are summed over the batch from per-batch partials in batch order.
+// ∂x̂ into ∂h in place; ∂gn_weight, ∂gn_bias are summed in double, over T and then over the batch in batch order.
 #include <vector>
 
 #include "../kernel_math.h"
@@ -29,8 +29,9 @@ float* scratch(int64_t n) {
 }
 
 // Statistics and output of one group, a [cg, T] slab (scale/shift/res may be null; mean/rstd null: not saved).
-void forward_group(const float* h, const float* w, const float* bias, const float* scale, const float* shift,
-                   const float* res, float* out, int cg, int t_len, float eps, float* mean, float* rstd) {
+SODP_CPU_CLONES void forward_group(const float* h, const float* w, const float* bias, const float* scale,
+                                   const float* shift, const float* res, float* out, int cg, int t_len, float eps,
+                                   float* mean, float* rstd) {
   const int count = cg * t_len;
   float s = 0.f;
 #pragma omp simd reduction(+ : s)
@@ -56,8 +57,9 @@ void forward_group(const float* h, const float* w, const float* bias, const floa
 }
 
 // ∂h of one group into dh; per-channel ∂scale, ∂shift (if scale) and this batch's ∂gn_weight, ∂gn_bias partials.
-void backward_group(const float* go, const float* h, const float* w, const float* bias, const float* scale, float m,
-                    float r, float* dh, float* dscale, float* dshift, float* dw, float* db, int cg, int t_len) {
+SODP_CPU_CLONES void backward_group(const float* go, const float* h, const float* w, const float* bias,
+                                    const float* scale, float m, float r, float* dh, float* dscale, float* dshift,
+                                    double* dw, double* db, int cg, int t_len) {
   const int count = cg * t_len;
   float *cw = scratch(5 * static_cast<int64_t>(count)), *cb = cw + count, *cs = cb + count, *dy = cs + count,
         *act = dy + count;
@@ -75,17 +77,19 @@ void backward_group(const float* go, const float* h, const float* w, const float
     m1 += dh[i];
     m2 += dh[i] * xhat;
   }
+  // Per-channel sums over T in double (the loops are scalar anyway, T being too short to vectorise): ∂gn_bias =
+  // Σ dy cancels, dy having both signs.
   for (int cl = 0; cl < cg; ++cl) {
     const int o = cl * t_len;
-    float dsc = 0.f, dsh = 0.f, dwc = 0.f, dbc = 0.f;
+    double dsc = 0, dsh = 0, dwc = 0, dbc = 0;
     for (int t = o; t < o + t_len; ++t) {
-      dsc += go[t] * act[t];
+      dsc += static_cast<double>(go[t]) * act[t];
       dsh += go[t];
-      dwc += dy[t] * gn_xhat(h[t], m, r);
+      dwc += static_cast<double>(dy[t]) * gn_xhat(h[t], m, r);
       dbc += dy[t];
     }
     dw[cl] = dwc, db[cl] = dbc;
-    if (scale) dscale[cl] = dsc, dshift[cl] = dsh;
+    if (scale) dscale[cl] = static_cast<float>(dsc), dshift[cl] = static_cast<float>(dsh);
   }
   m1 /= static_cast<float>(count);
   m2 /= static_cast<float>(count);
@@ -119,7 +123,7 @@ void film_epilogue_backward_cpu(std::uintptr_t go, std::uintptr_t h, std::uintpt
               *sp = cptr<float>(scale), *mp = cptr<float>(mean), *qp = cptr<float>(rstd);
   float *dhp = mptr<float>(dh), *dsp = mptr<float>(dscale), *dtp = mptr<float>(dshift);
   const int cg = c_total / groups;
-  std::vector<float> dw_part(batch * c_total), db_part(batch * c_total);
+  std::vector<double> dw_part(batch * c_total), db_part(batch * c_total);
   parallel_for(batch * groups, batch * c_total * t_len, [&](int64_t bg) {
     const int64_t b = bg / groups, c0 = (bg % groups) * cg, base = (b * c_total + c0) * t_len, bc = b * c_total + c0;
     backward_group(gp + base, hp + base, wp + c0, bp + c0, sp ? sp + b * scale_stride + c0 : nullptr, mp[bg], qp[bg],

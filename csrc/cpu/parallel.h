@@ -1,7 +1,7 @@
-// Work split of the CPU kernels. Every parallel loop runs independent items (rows, (batch, group) pairs, fixed
-// chunks), and no result depends on how they are spread over threads, so outputs are bitwise the same for any
-// thread count. The OpenMP runtime is the one torch loaded (libgomp.so.1 is resolved to torch's copy when torch
-// is imported first), so torch.set_num_threads / OMP_NUM_THREADS govern these loops too.
+// Work split and code generation of the CPU kernels. Every parallel loop runs independent items (rows,
+// (batch, group) pairs, fixed chunks), and no result depends on how they are spread over threads, so outputs are
+// bitwise the same for any thread count. The OpenMP runtime is the one torch loaded (libgomp.so.1 is resolved to
+// torch's copy when torch is imported first), so torch.set_num_threads / OMP_NUM_THREADS govern these loops too.
 #pragma once
 #include <omp.h>
 
@@ -14,6 +14,16 @@ namespace sodp {
 // than they save. A 1-vs-2-thread sweep on 2 shared cores gave no reliable gain below ~10^4 floats and a
 // load-dependent one above; 2^15 keeps every op of the tiny U-Net's rollout up to B = 32 on the calling thread.
 constexpr int64_t kParallelWork = 1 << 15;
+
+// Element loops are compiled twice, for AVX2 and for the x86-64 baseline (SSE2), and the loader picks one per
+// machine (an ifunc): 8-wide instead of 4-wide loops where the CPU has AVX2, while the wheel still runs on any
+// x86-64. Without -mfma nothing is contracted, so both
+// clones round every element alike (only the lane order of the simd sums differs).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SODP_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SODP_CPU_CLONES
+#endif
 
 template <typename F>
 void parallel_for(int64_t n, int64_t work, const F& f) {
