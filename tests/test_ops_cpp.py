@@ -262,40 +262,55 @@ def test_results_do_not_depend_on_the_thread_count():
 
 
 # ---- the stack: U-Net and sampler -------------------------------------------------------------------------------------
-def test_unet_forward_backward_cpp_matches_torch(monkeypatch):
+# Whole-network results carry the U-Net's own float32 rounding (and the chain's 1/√ᾱ amplification of it), which no
+# op backend changes: the cpp stack must be within twice the torch float32 stack's error of a float64 run.
+def stack_errors(monkeypatch, fn):
+    """{name: (cpp error, torch float32 error)} against float64; ``fn(model, dtype, backend)`` -> named results."""
     torch.manual_seed(torch.seed() % 2**31)
     model = ConditionalUnet1D(4, 6, PRESETS["tiny"])
-    x, k, cond = torch.randn(5, 12, 4), torch.randint(0, 100, (5,)), torch.randn(5, 6)
     results = {}
-    for backend in ("torch", "cpp"):
+    for key, dtype, backend in (("ref", torch.float64, "torch"), ("torch", torch.float32, "torch"),
+                                ("cpp", torch.float32, "cpp")):
         monkeypatch.setattr(dispatch, "_default_backend", backend)  # the U-Net's epilogues use the default
-        model.zero_grad()
-        eps = model(x, k, cond)
-        (eps * torch.linspace(-1, 1, eps.numel()).view_as(eps)).sum().backward()
-        results[backend] = (eps.detach(), torch.cat([p.grad.flatten() for p in model.parameters()]))
-    assert rel(results["cpp"][0], results["torch"][0]) < 1e-5
-    assert rel(results["cpp"][1], results["torch"][1]) < 1e-4
+        model.to(dtype).zero_grad()
+        results[key] = fn(model, dtype, backend)
+    return {name: (rel(results["cpp"][name], r), rel(results["torch"][name], r)) for name, r in results["ref"].items()}
 
 
-def test_sampler_and_chain_log_prob_cpp_match_torch(monkeypatch):
-    """Whole chains through the tiny U-Net + DDIM steps, their log-probs, and the PPO-path parameter gradients."""
-    sampler = DDIMSampler(NoiseSchedule(100), num_steps=10)
-    torch.manual_seed(torch.seed() % 2**31)
-    model = ConditionalUnet1D(4, 6, PRESETS["tiny"])
-    cond, x_init = torch.randn(3, 6), torch.randn(3, 12, 4)
-    noise = torch.randn(3, sampler.num_steps, 12, 4)
-    results = {}
-    for backend in ("torch", "cpp"):
-        monkeypatch.setattr(dispatch, "_default_backend", backend)
-        chain = sampler.sample(model, cond, (12, 4), x_init=x_init, noise=noise, backend=backend)
-        model.zero_grad()
-        logp = sampler.chain_log_prob(model, cond, chain.latents, backend=backend)
+def grads(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_unet_forward_backward_cpp_matches_float64(monkeypatch):
+    x, k, cond = torch.randn(5, 12, 4, dtype=torch.float64), torch.randint(0, 100, (5,)), torch.randn(5, 6)
+
+    def fn(model, dtype, backend):
+        eps = model(x.to(dtype), k, cond.to(dtype))
+        (eps * torch.linspace(-1, 1, eps.numel(), dtype=dtype).view_as(eps)).sum().backward()
+        return {"eps": eps.detach(), "param grads": grads(model)}
+
+    for name, (err, torch_err) in stack_errors(monkeypatch, fn).items():
+        assert err < max(TOL, 2 * torch_err), f"{name}: {err:.2e} (torch float32: {torch_err:.2e})"
+
+
+def test_sampler_and_chain_log_prob_cpp_match_float64(monkeypatch):
+    """Whole chains through the tiny U-Net + DDIM steps, their log-probs, and the PPO-path parameter gradients (of
+    the float64 chain's latents: on each run's own float32 chain they mostly measure how far those chains drifted)."""
+    cond, x_init = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 12, 4, dtype=torch.float64)
+    noise = torch.randn(3, SAMPLER.num_steps, 12, 4, dtype=torch.float64)
+    stored = []
+
+    def fn(model, dtype, backend):
+        chain = SAMPLER.sample(model, cond.to(dtype), (12, 4), x_init=x_init.to(dtype), noise=noise.to(dtype),
+                               backend=backend)
+        stored.append(chain.latents)  # the float64 run comes first
+        logp = SAMPLER.chain_log_prob(model, cond.to(dtype), stored[0].to(dtype), backend=backend)
         logp.sum().backward()
-        results[backend] = (chain.latents, chain.log_probs, logp.detach(),
-                            torch.cat([p.grad.flatten() for p in model.parameters()]))
-    for name, a, b in zip(("latents", "log_probs", "chain_log_prob", "param grads"), results["cpp"],
-                          results["torch"]):
-        assert rel(a, b) < 1e-4, f"{name}: {rel(a, b):.2e}"
+        return {"latents": chain.latents, "log_probs": chain.log_probs, "chain_log_prob": logp.detach(),
+                "param grads": grads(model)}
+
+    for name, (err, torch_err) in stack_errors(monkeypatch, fn).items():
+        assert err < max(TOL, 2 * torch_err), f"{name}: {err:.2e} (torch float32: {torch_err:.2e})"
 
 
 def test_dispatch_registers_and_reports_cpp():
