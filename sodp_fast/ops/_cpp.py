@@ -41,8 +41,8 @@ def runs(*tensors: torch.Tensor | None) -> bool:
 
 
 def needs_grad(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd must record the op (else the wrappers call the kernels directly: cheaper by a Function
-    call, ~10 µs, which is more than a whole op at the tiny U-Net's sizes)."""
+    """Whether autograd must record the op (else the wrappers call the kernels directly, saving the autograd
+    Function's overhead on every sampling call)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 

@@ -232,7 +232,7 @@ class FilmEpilogueCpp(torch.autograd.Function):
 @register("film_epilogue", "cpp")
 def film_epilogue_cpp(h, gn_weight, gn_bias, num_groups, scale=None, shift=None, residual=None, eps=1e-5):
     """float32 CPU kernels (any other dtype runs the reference). Without autograd (sampling) the kernel is called
-    directly and saves no statistics: a Function call alone costs more than this op on the tiny U-Net."""
+    directly and saves no statistics."""
     tensors = (h, gn_weight, gn_bias, scale, shift, residual)
     if not _cpp.runs(*tensors):
         return film_epilogue_torch(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps)
