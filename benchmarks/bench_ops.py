@@ -1,6 +1,8 @@
-"""Time every fused op against its PyTorch reference and ``torch.compile`` of that reference, on a CUDA GPU.
+"""Time every fused op against its PyTorch reference and ``torch.compile`` of that reference, on a CUDA GPU;
+or, with ``--cpu``, the CPU kernels ("cpp") against the reference on the CPU.
 
     python benchmarks/bench_ops.py --out profiles/bench_ops.json        # GPU: full table + JSON
+    python benchmarks/bench_ops.py --cpu --out profiles/cpu.json        # CPU: cpp vs torch, CPU times
     python benchmarks/bench_ops.py --smoke                              # CPU: checks the script runs, no timing
 
 Sizes: sampling batches of 16 … 4096 chains at D = Tp·A = 48 (one denoising step per call) and the PPO update
@@ -10,11 +12,19 @@ before every run, median). "Bytes" is the fewest bytes the op must move (each in
 written once); achieved bandwidth = bytes / time, reported as a share of the device's copy bandwidth measured
 here with a large device-to-device copy (read + write). The fastest backend per op is printed last: that is
 the measurement ``dispatch.AUTO_PREFERENCE`` should follow.
+
+CPU mode: the shapes the CPU rollouts and updates run, at sampler batches B = 1, 8, 32, 256: ``ddim_step`` on
+[B, 48] (no grad, as the sampler runs it), ``ddim_logprob`` and ``ppo_loss`` forward + backward on the update's
+B × 10 rows, and the FiLM epilogue at every level of the tiny (C, T) = (32, 12), (64, 6), 4 groups and small
+(64, 12), (128, 6), (256, 3), 8 groups U-Nets at Tp = 12, in the two forms the U-Net calls (block0: FiLM, no
+residual; block1: residual, no FiLM), forward under no_grad (sampling) and forward + backward (PPO). Host clock,
+cpp and torch interleaved, median over repeats; ratios are torch time / cpp time (> 1: cpp faster).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -126,15 +136,117 @@ def cases(device, dtype, smoke: bool):
             yield "film_epilogue", f"B={b} C={c} T={t} fwd+bwd", 3 * act + 2 * vec + 4 * act + 3 * vec, fb
 
 
+CPU_BATCHES = (1, 8, 32, 256)
+CPU_UNETS = {"tiny": (((32, 12), (64, 6)), 4), "small": (((64, 12), (128, 6), (256, 3)), 8)}
+
+
+def cpu_time(thunks: dict, repeats: int = 7, block_s: float = 0.02) -> dict[str, float]:
+    """ms per call of each thunk: blocks of calls sized to ~block_s, implementations interleaved block by
+    block (so load from other jobs on the machine hits both alike), median over ``repeats`` blocks."""
+    calls = {}
+    for k, fn in thunks.items():
+        fn()  # warm-up
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < block_s / 4:
+            fn()
+            n += 1
+        calls[k] = max(1, int(4 * n))
+    samples = {k: [] for k in thunks}
+    for _ in range(repeats):
+        for k, fn in thunks.items():
+            t0 = time.perf_counter()
+            for _ in range(calls[k]):
+                fn()
+            samples[k].append((time.perf_counter() - t0) / calls[k] * 1e3)
+    return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
+
+
+def cpu_cases():
+    """(op, label, {"torch": thunk, "cpp": thunk}) at the CPU rollout / update shapes (see the docstring)."""
+    sampler = DDIMSampler(NoiseSchedule(100), num_steps=10)
+    coef_all = sampler.coef.float()
+    impls = {op: {b: dispatch.get(op, b, "cpu") for b in ("torch", "cpp")}
+             for op in ("ddim_step", "ddim_logprob", "ppo_loss", "film_epilogue")}
+
+    def no_grad(f):
+        def run():
+            with torch.no_grad():
+                return f()
+        return run
+
+    for b in CPU_BATCHES:
+        x, eps, noise = (torch.randn(b, D) for _ in range(3))
+        yield "ddim_step", f"sample B={b}", {k: no_grad(lambda f=f: f(x, eps, noise, coef_all[3], 1.0))
+                                             for k, f in impls["ddim_step"].items()}
+    for b in CPU_BATCHES:
+        rows = 10 * b
+        x, x_prev = torch.randn(rows, D), torch.randn(rows, D)
+        eps = torch.randn(rows, D, requires_grad=True)
+        coef = coef_all[torch.arange(rows) % coef_all.shape[0]]
+        yield "ddim_logprob", f"update N={rows} fwd+bwd", {
+            k: (lambda f=f: torch.autograd.grad(f(x, eps, x_prev, coef, 1.0).sum(), eps))
+            for k, f in impls["ddim_logprob"].items()}
+        new, old, adv = torch.randn(rows, requires_grad=True), torch.randn(rows), torch.randn(rows)
+        yield "ppo_loss", f"update N={rows} fwd+bwd", {
+            k: (lambda f=f: torch.autograd.grad(f(new, old, adv, 0.2)[0], new)) for k, f in impls["ppo_loss"].items()}
+    for unet, (levels, groups) in CPU_UNETS.items():
+        for c, t in levels:
+            for b in CPU_BATCHES:
+                h, res = torch.randn(b, c, t, requires_grad=True), torch.randn(b, c, t, requires_grad=True)
+                ss = torch.randn(b, 2 * c, requires_grad=True)
+                w, bias = 1 + torch.randn(c).requires_grad_(), torch.randn(c, requires_grad=True)
+                scale, shift = ss.chunk(2, dim=-1)
+                g = torch.randn(b, c, t)
+                for form, film, r, params in (("film", (scale, shift), None, (h, w, bias, ss)),
+                                              ("res", (None, None), res, (h, w, bias, res))):
+                    label = f"{unet} {form} B={b} C={c} T={t}"
+                    fns = {k: (lambda f=f, film=film, r=r: f(h, w, bias, groups, *film, r, 1e-5))
+                           for k, f in impls["film_epilogue"].items()}
+                    yield "film_epilogue", f"{label} fwd", {k: no_grad(fn) for k, fn in fns.items()}
+                    yield "film_epilogue", f"{label} fwd+bwd", {
+                        k: (lambda fn=fn, params=params: torch.autograd.grad(fn(), params, g)) for k, fn in fns.items()}
+
+
+def cpu_main(out: str | None) -> int:
+    if not dispatch.backend_present("cpp"):
+        print(f"the cpp backend is not available: {dispatch.describe_backends()['cpp']}", file=sys.stderr)
+        return 2
+    print(f"CPU times (host clock), {torch.get_num_threads()} threads; ratio = torch / cpp (> 1: cpp faster)")
+    print(f"{'op':14} {'case':36}{'torch us':>11}{'cpp us':>11}{'ratio':>8}")
+    results = []
+    for op, label, thunks in cpu_cases():
+        ms = cpu_time(thunks)
+        results.append({"op": op, "case": label, "ms": ms, "torch_over_cpp": ms["torch"] / ms["cpp"]})
+        print(f"{op:14} {label:36}{ms['torch'] * 1e3:11.1f}{ms['cpp'] * 1e3:11.1f}{ms['torch'] / ms['cpp']:8.2f}",
+              flush=True)
+    summary = {}
+    for op in dict.fromkeys(r["op"] for r in results):
+        ratios = [r["torch_over_cpp"] for r in results if r["op"] == op]
+        summary[op] = {"cases": len(ratios), "cpp_wins": sum(x > 1 for x in ratios), "min_ratio": min(ratios),
+                       "geomean_ratio": math.exp(sum(map(math.log, ratios)) / len(ratios))}
+    print("per op (ratio torch / cpp):", json.dumps(summary, indent=1))
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        meta = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+        with open(out, "w") as f:
+            json.dump({"meta": meta, "results": results, "summary": summary}, f, indent=1)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--smoke", action="store_true", help="CPU: run every case once at tiny sizes, no timing claims")
+    ap.add_argument("--cpu", action="store_true", help="CPU: time the cpp backend against torch (float32)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = ap.parse_args(argv)
+    if args.cpu:
+        return cpu_main(args.out)
     if not torch.cuda.is_available() and not args.smoke:
-        print("bench_ops.py times CUDA kernels and needs a CUDA GPU; none is visible here. "
-              "Use --smoke to check that the script runs (CPU, Triton interpreter, no timings).", file=sys.stderr)
+        print("bench_ops.py times CUDA kernels and needs a CUDA GPU; none is visible here. Use --cpu to time the "
+              "CPU kernels, --smoke to check that the script runs (CPU, Triton interpreter, no timings).",
+              file=sys.stderr)
         return 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)

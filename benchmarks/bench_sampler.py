@@ -1,8 +1,8 @@
 """DDIM sampler throughput (the same benchmark as ``sodp bench sampler``; code in sodp_fast/bench.py).
 
     python benchmarks/bench_sampler.py --out profiles/<date>-<device>-sampler           # GPU: full sweep
-    OMP_NUM_THREADS=1 python benchmarks/bench_sampler.py --device cpu --presets tiny --batch-sizes 1,8 \
-        --variants eager,ours                                                              # CPU smoke test
+    python benchmarks/bench_sampler.py --device cpu --out profiles/<date>-cpu-sampler  # CPU: eager, compile, cpp
+    python benchmarks/bench_sampler.py --device cpu --presets tiny --batch-sizes 1,8 --variants eager,ours-cpp
 """
 import sys
 

@@ -22,6 +22,15 @@ void ppo_loss_forward(std::uintptr_t new_logp, std::uintptr_t old_logp, std::uin
 void ppo_loss_backward(std::uintptr_t new_logp, std::uintptr_t old_logp, std::uintptr_t adv,
                        std::uintptr_t grad_loss, int64_t n, float clip_eps, std::uintptr_t grad_new, int dtype,
                        std::uintptr_t stream);
+void film_epilogue_forward(std::uintptr_t h, std::uintptr_t w, std::uintptr_t bias, std::uintptr_t scale,
+                           std::uintptr_t shift, std::uintptr_t res, std::uintptr_t out, std::uintptr_t mean,
+                           std::uintptr_t rstd, int64_t batch, int c_total, int t_len, int groups, float eps,
+                           int dtype, std::uintptr_t stream);
+void film_epilogue_backward(std::uintptr_t go, std::uintptr_t h, std::uintptr_t w, std::uintptr_t bias,
+                            std::uintptr_t scale, std::uintptr_t mean, std::uintptr_t rstd, std::uintptr_t dh,
+                            std::uintptr_t dscale, std::uintptr_t dshift, std::uintptr_t dw_part,
+                            std::uintptr_t db_part, int64_t batch, int c_total, int t_len, int groups, int dtype,
+                            std::uintptr_t stream);
 }  // namespace sodp
 
 namespace py = pybind11;
@@ -45,4 +54,14 @@ PYBIND11_MODULE(_cuda_ext, m) {
   m.def("ppo_loss_backward", &sodp::ppo_loss_backward, "d loss / d new_logp of ppo_loss_forward",
         py::arg("new_logp"), py::arg("old_logp"), py::arg("adv"), py::arg("grad_loss"), py::arg("n"),
         py::arg("clip_eps"), py::arg("grad_new"), py::arg("dtype"), py::arg("stream"));
+  m.def("film_epilogue_forward", &sodp::film_epilogue_forward,
+        "GroupNorm -> Mish -> FiLM -> + residual; saves per-group mean, rstd (scale/shift/res may be 0)",
+        py::arg("h"), py::arg("w"), py::arg("bias"), py::arg("scale"), py::arg("shift"), py::arg("res"),
+        py::arg("out"), py::arg("mean"), py::arg("rstd"), py::arg("batch"), py::arg("c"), py::arg("t"),
+        py::arg("groups"), py::arg("eps"), py::arg("dtype"), py::arg("stream"));
+  m.def("film_epilogue_backward", &sodp::film_epilogue_backward,
+        "d h, d scale, d shift and per-batch partials [B, C] of d gn_weight, d gn_bias",
+        py::arg("grad_out"), py::arg("h"), py::arg("w"), py::arg("bias"), py::arg("scale"), py::arg("mean"),
+        py::arg("rstd"), py::arg("dh"), py::arg("dscale"), py::arg("dshift"), py::arg("dw_part"), py::arg("db_part"),
+        py::arg("batch"), py::arg("c"), py::arg("t"), py::arg("groups"), py::arg("dtype"), py::arg("stream"));
 }

@@ -1,4 +1,5 @@
-// Fused DDIM transition kernels (formula: sodp_fast/ops/ddim_step.py):
+// Fused DDIM transition kernels (formula: sodp_fast/ops/ddim_step.py; per-element math: kernel_math.h, shared
+// with the CPU build):
 //   ddim_step            sampling: x_prev = mean + c4·z and the log-prob of the stored x_prev
 //   ddim_logprob         PPO path: log-prob of a stored transition x → x_prev under ε̂
 //   ddim_logprob_backward          its gradient w.r.t. ε̂
@@ -6,39 +7,16 @@
 // and written once, and the row's log-prob is a warp-shuffle reduction with no shared memory. Coefficients are
 // per row (coef_stride 6) or shared (coef_stride 0), so one launch serves rows at different denoising steps.
 #include "common.cuh"
+#include "kernel_math.h"
 
 namespace sodp {
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
-constexpr float kHalfLog2Pi = 0.91893853320467274f;
-
-struct Coef {
-  float c0, c1, c2, c3, c4, c5;
-};
-
-__device__ __forceinline__ Coef load_coef(const float* __restrict__ coef, int coef_stride, int64_t row) {
-  const float* c = coef + row * coef_stride;
-  return {c[0], c[1], c[2], c[3], c[4], c[5]};
-}
-
-// Mean of p(x_prev | x_t) for one element; `inside` says whether x̂0 was inside the clip box (its gradient
-// passes; the bounds count as inside, as torch.clamp's backward does).
-__device__ __forceinline__ float ddim_mean(float xv, float ev, const Coef& c, float clip, bool* inside) {
-  float x0 = (xv - c.c1 * ev) * c.c0;
-  *inside = !(clip > 0.f) || (x0 >= -clip && x0 <= clip);
-  if (clip > 0.f) x0 = fminf(fmaxf(x0, -clip), clip);
-  const float eps_c = (xv - c.c5 * x0) / c.c1;
-  return c.c2 * x0 + c.c3 * eps_c;
-}
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
   return v;
-}
-
-__device__ __forceinline__ float row_logprob(float sq, int d, float c4) {
-  return -0.5f * sq - d * (logf(c4) + kHalfLog2Pi);
 }
 
 template <typename T>
@@ -48,19 +26,18 @@ __global__ void ddim_step_kernel(const T* __restrict__ x, const T* __restrict__ 
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (row >= n_rows) return;  // whole warps exit together: the shuffles below see full warps
-  const Coef c = load_coef(coef, coef_stride, row);
+  const DdimCoef c = ddim_coef(coef + row * coef_stride);
   const int64_t base = row * d;
   float sq = 0.f;
   for (int j = lane; j < d; j += 32) {
-    bool inside;
-    const float mean = ddim_mean(load(x + base + j), load(eps + base + j), c, clip, &inside);
+    const float mean = ddim_mean(load(x + base + j), load(eps + base + j), c, clip).mean;
     const float z = noise ? load(noise + base + j) : 0.f;
     store(x_prev + base + j, mean + c.c4 * z);
-    const float zr = (load(x_prev + base + j) - mean) / c.c4;  // of the stored (possibly rounded) value
+    const float zr = ddim_z(load(x_prev + base + j), mean, c.c4);  // of the stored (possibly rounded) value
     sq += zr * zr;
   }
   sq = warp_sum(sq);
-  if (lane == 0) logp[row] = row_logprob(sq, d, c.c4);
+  if (lane == 0) logp[row] = ddim_row_logprob(sq, d, c.c4);
 }
 
 template <typename T>
@@ -70,21 +47,18 @@ __global__ void ddim_logprob_kernel(const T* __restrict__ x, const T* __restrict
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (row >= n_rows) return;
-  const Coef c = load_coef(coef, coef_stride, row);
+  const DdimCoef c = ddim_coef(coef + row * coef_stride);
   const int64_t base = row * d;
   float sq = 0.f;
   for (int j = lane; j < d; j += 32) {
-    bool inside;
-    const float mean = ddim_mean(load(x + base + j), load(eps + base + j), c, clip, &inside);
-    const float zr = (load(x_prev + base + j) - mean) / c.c4;
+    const float mean = ddim_mean(load(x + base + j), load(eps + base + j), c, clip).mean;
+    const float zr = ddim_z(load(x_prev + base + j), mean, c.c4);
     sq += zr * zr;
   }
   sq = warp_sum(sq);
-  if (lane == 0) logp[row] = row_logprob(sq, d, c.c4);
+  if (lane == 0) logp[row] = ddim_row_logprob(sq, d, c.c4);
 }
 
-// d logp / d ε̂_j = g · (x_prev_j − mean_j)/c4² · ∂mean/∂x̂0 · ∂x̂0/∂ε̂, with mean = (c2 − c3·c5/c1)·x̂0 + c3·x/c1
-// and x̂0 = (x − c1·ε̂)·c0, so ∂mean/∂ε̂ = −c0·c1·(c2 − c3·c5/c1) inside the clip box and 0 outside.
 template <typename T>
 __global__ void ddim_logprob_bwd_kernel(const T* __restrict__ x, const T* __restrict__ eps,
                                         const T* __restrict__ x_prev, const float* __restrict__ coef,
@@ -93,13 +67,12 @@ __global__ void ddim_logprob_bwd_kernel(const T* __restrict__ x, const T* __rest
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (row >= n_rows) return;
-  const Coef c = load_coef(coef, coef_stride, row);
-  const float k = grad_logp[row] * (-c.c0 * c.c1) * (c.c2 - c.c3 * c.c5 / c.c1) / (c.c4 * c.c4);
+  const DdimCoef c = ddim_coef(coef + row * coef_stride);
+  const float k = ddim_grad_factor(c, grad_logp[row]);
   const int64_t base = row * d;
   for (int j = lane; j < d; j += 32) {
-    bool inside;
-    const float mean = ddim_mean(load(x + base + j), load(eps + base + j), c, clip, &inside);
-    store(grad_eps + base + j, inside ? k * (load(x_prev + base + j) - mean) : 0.f);
+    store(grad_eps + base + j, ddim_grad(ddim_mean(load(x + base + j), load(eps + base + j), c, clip),
+                                         load(x_prev + base + j), k));
   }
 }
 

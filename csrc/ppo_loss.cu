@@ -1,11 +1,11 @@
-// Batched PPO ratio/clip loss over N (chain × denoising-step) rows (formula: sodp_fast/ops/ppo_loss.py).
+// Batched PPO ratio/clip loss over N (chain × denoising-step) rows (formula: sodp_fast/ops/ppo_loss.py; per-row
+// math, including the expm1 form of the ratio: kernel_math.h, shared with the CPU build).
 //   forward:  out[0..2] = mean loss, clip fraction, approx-KL (k3), in one launch: every block reduces its
 //             grid-stride share into a partial triple, and the last block to finish (atomic ticket) adds the
 //             partials in block order, so the result is deterministic and needs no second launch or host sync.
 //   backward: d loss / d new_logp, elementwise, scaled by the upstream gradient read from device memory.
-// The ratio is computed as 1 + expm1(new − old): ρ − 1 and the k3 term (ρ − 1) − log ρ ≈ log²ρ/2 then keep
-// float32 relative accuracy for the small log-ratios PPO lives at (exp(·) − 1 would cancel catastrophically).
 #include "common.cuh"
+#include "kernel_math.h"
 
 namespace sodp {
 namespace {
@@ -13,9 +13,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 256;  // partial triples the last block adds; blocks grid-stride beyond that
 
-struct Terms {
-  float loss, clipped, kl;
-};
+using Terms = PpoTerms;
 
 __device__ __forceinline__ Terms operator+(Terms a, Terms b) {
   return {a.loss + b.loss, a.clipped + b.clipped, a.kl + b.kl};
@@ -53,14 +51,7 @@ __global__ void __launch_bounds__(kThreads) ppo_fwd_kernel(const T* __restrict__
   Terms acc{0.f, 0.f, 0.f};
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
-    const float a = load(adv + i);
-    const float log_ratio = load(new_logp + i) - load(old_logp + i);
-    const float rm1 = expm1f(log_ratio);
-    const float ratio = 1.f + rm1;
-    const float clipped = fminf(fmaxf(ratio, 1.f - clip_eps), 1.f + clip_eps);
-    acc.loss += fmaxf(-a * ratio, -a * clipped);
-    acc.clipped += fabsf(rm1) > clip_eps ? 1.f : 0.f;
-    acc.kl += rm1 - log_ratio;
+    acc = acc + ppo_terms(load(new_logp + i), load(old_logp + i), load(adv + i), clip_eps);
   }
   acc = block_sum(acc, smem);
   if (threadIdx.x == 0) {
@@ -85,8 +76,6 @@ __global__ void __launch_bounds__(kThreads) ppo_fwd_kernel(const T* __restrict__
   }
 }
 
-// The clipped term is strictly the max only outside the band on the side the advantage pushes towards; there
-// the gradient is 0, elsewhere it is that of −A·ρ/N.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) ppo_bwd_kernel(const T* __restrict__ new_logp,
                                                            const T* __restrict__ old_logp,
@@ -95,10 +84,8 @@ __global__ void __launch_bounds__(kThreads) ppo_bwd_kernel(const T* __restrict__
                                                            float clip_eps, T* __restrict__ grad_new) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= n) return;
-  const float a = load(adv + i);
-  const float ratio = 1.f + expm1f(load(new_logp + i) - load(old_logp + i));
-  const bool frozen = (a > 0.f && ratio > 1.f + clip_eps) || (a < 0.f && ratio < 1.f - clip_eps);
-  store(grad_new + i, frozen ? 0.f : -a * ratio * (*grad_loss / static_cast<float>(n)));
+  store(grad_new + i, ppo_grad(load(new_logp + i), load(old_logp + i), load(adv + i), clip_eps,
+                               *grad_loss / static_cast<float>(n)));
 }
 
 template <typename T>

@@ -6,18 +6,20 @@ preset, for these variants side by side in one run:
   eager                    the PyTorch reference (torch ops, one Python-driven launch after another)
   diffusers                our U-Net driven by diffusers' DDIMScheduler (the Diffusion Policy / LeRobot way;
                            no log-probs; only when ``diffusers`` is installed)
+  compile                  torch.compile(U-Net) (default mode; on CPU inductor's C++ code) in the eager chain loop
   compile-reduce-overhead  torch.compile(U-Net, mode="reduce-overhead") in the eager chain loop
   compile-max-autotune     torch.compile(U-Net, mode="max-autotune") in the eager chain loop
-  ours / ours-triton / ours-cuda
-                           fused ops + the CUDA-graph-captured chain (``GraphedSampler``); the suffix picks the
-                           ``ddim_step`` backend ("ours" = auto)
+  ours / ours-cpp / ours-triton / ours-cuda
+                           fused ops (+ the CUDA-graph-captured chain on CUDA: ``GraphedSampler``); the suffix picks
+                           the backend of ``ddim_step`` and of the U-Net's FiLM epilogues ("ours" = auto)
 
 Every variant runs at the same precision (``--precision``; bf16 autocast for the U-Net on CUDA by default,
 latents and log-probs float32). Compile and capture happen before timing and are reported as ``setup_s``.
 Throughput is also given as FLOP/s against the bf16 matmul peak measured in the same run (a large bf16 matmul):
 FLOPs are counted analytically from the U-Net's conv / linear shapes (``unet_flops``; normalisation and
-activations are not counted). On CPU the run is a smoke test: ratios print, but its timings are not GPU figures
-and the GPU targets are not evaluated.
+activations are not counted). On CPU the default run compares eager, compile and ours-cpp on the tiny and small
+U-Nets at batches 1, 8, 32, 256 (host clock; the GPU targets are not evaluated). Every row also gives its
+samples/s ratio to eager in the same cell ("x eager").
 """
 from __future__ import annotations
 
@@ -42,10 +44,12 @@ from sodp_fast.policy import DiffusionPlanner, PlannerConfig
 from sodp_fast.train.run import RunFolder
 from sodp_fast.train.runtime import resolve_device
 
-VARIANTS = ("eager", "diffusers", "compile-reduce-overhead", "compile-max-autotune", "ours", "ours-triton",
-            "ours-cuda")
-OURS_BACKEND = {"ours": "auto", "ours-triton": "triton", "ours-cuda": "cuda"}
-GPU_BATCHES = (1, 8, 32, 256, 1024, 4096)
+VARIANTS = ("eager", "diffusers", "compile", "compile-reduce-overhead", "compile-max-autotune", "ours", "ours-cpp",
+            "ours-triton", "ours-cuda")
+GPU_VARIANTS = tuple(v for v in VARIANTS if v not in ("compile", "ours-cpp"))
+CPU_VARIANTS = ("eager", "compile", "ours-cpp")
+OURS_BACKEND = {"ours": "auto", "ours-cpp": "cpp", "ours-triton": "triton", "ours-cuda": "cuda"}
+GPU_BATCHES, CPU_BATCHES = (1, 8, 32, 256, 1024, 4096), (1, 8, 32, 256)
 # the sampler's speed targets, checked on the default U-Net (GPU only)
 TARGET_BATCH_SMALL, TARGET_VS_EAGER, TARGET_VS_COMPILE = 32, 5.0, 3.0
 TARGET_BATCH_LARGE, TARGET_ROOFLINE = 4096, 0.5
@@ -203,9 +207,9 @@ def build_variant(name: str, planner: DiffusionPlanner, batch: int, autocast_dty
         return GraphedSampler(planner, [batch], backend="torch", autocast_dtype=autocast_dtype).eager, "torch"
     if name == "diffusers":
         return _diffusers_fn(planner, autocast_dtype), "torch"
-    if name.startswith("compile-"):
+    if name.startswith("compile"):
         if name not in compiled:
-            compiled[name] = torch.compile(planner.model, mode=name[len("compile-"):])
+            compiled[name] = torch.compile(planner.model, mode=name[len("compile-"):] or None)
         return GraphedSampler(planner, [batch], backend="torch", autocast_dtype=autocast_dtype,
                               model=compiled[name]).eager, "torch"
     if name in OURS_BACKEND:
@@ -214,11 +218,11 @@ def build_variant(name: str, planner: DiffusionPlanner, batch: int, autocast_dty
             dispatch.resolve("ddim_step", backend, dev)
         except (RuntimeError, KeyError) as e:
             raise Unavailable(str(e)) from e
-        with default_backend("auto"):
+        with default_backend(backend):
             gs = GraphedSampler(planner, [batch], backend=backend, autocast_dtype=autocast_dtype).capture()
         if dev.type == "cuda" and not gs.use_graphs:
             raise Unavailable("CUDA-graph capture failed (see the warning above)")
-        return gs, "auto"
+        return gs, backend
     raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
 
 
@@ -247,16 +251,18 @@ def _csv(s: str, conv=str) -> list:
 def add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--batch-sizes", default=None,
-                   help=f"comma list (default: {','.join(map(str, GPU_BATCHES))} on CUDA, 1,8 on CPU)")
+                   help=f"comma list (default: {','.join(map(str, GPU_BATCHES))} on CUDA, "
+                   f"{','.join(map(str, CPU_BATCHES))} on CPU)")
     p.add_argument("--presets", default=None, help=f"U-Net presets {sorted(PRESETS)} (default: default,tiny on "
-                   "CUDA, tiny on CPU)")
+                   "CUDA, tiny,small on CPU)")
     p.add_argument("--variants", default=None, help=f"comma list of {', '.join(VARIANTS)} "
-                   "(default: all on CUDA, eager,ours on CPU)")
+                   f"(default: {','.join(GPU_VARIANTS)} on CUDA, {','.join(CPU_VARIANTS)} on CPU)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="U-Net precision for every variant (auto: bf16 autocast on CUDA, fp32 on CPU)")
     p.add_argument("--min-time", type=float, default=None, help="seconds timed per cell at least (default 1 on "
                    "CUDA, 0.2 on CPU)")
-    p.add_argument("--min-reps", type=int, default=5)
+    p.add_argument("--min-reps", type=int, default=None, help="calls timed per cell at least (default 5 on CUDA, "
+                   "3 on CPU)")
     p.add_argument("--max-reps", type=int, default=200)
     p.add_argument("--out", default=None, help="folder for sampler.json, sampler.png and sampler.log")
 
@@ -265,11 +271,12 @@ def run_sampler(args: argparse.Namespace) -> dict:
     dev = resolve_device(args.device or "auto")
     on_gpu = dev.type == "cuda"
     try:
-        batches = _csv(args.batch_sizes, parser_for(int)) if args.batch_sizes else list(GPU_BATCHES if on_gpu else (1, 8))
+        batches = (_csv(args.batch_sizes, parser_for(int)) if args.batch_sizes
+                   else list(GPU_BATCHES if on_gpu else CPU_BATCHES))
     except ValueError:
         raise ConfigError(f"--batch-sizes must be a comma list of integers, not {args.batch_sizes!r}") from None
-    presets = _csv(args.presets) if args.presets else (["default", "tiny"] if on_gpu else ["tiny"])
-    variants = _csv(args.variants) if args.variants else (list(VARIANTS) if on_gpu else ["eager", "ours"])
+    presets = _csv(args.presets) if args.presets else (["default", "tiny"] if on_gpu else ["tiny", "small"])
+    variants = _csv(args.variants) if args.variants else list(GPU_VARIANTS if on_gpu else CPU_VARIANTS)
     for v in variants:
         if v not in VARIANTS:
             raise ConfigError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
@@ -279,13 +286,15 @@ def run_sampler(args: argparse.Namespace) -> dict:
     if not batches or min(batches) < 1:
         raise ConfigError(f"--batch-sizes must be positive, got {batches}")
     check_fits(max(batches) * 4 * 2 * 12 * 4 * 11, f"a batch of {max(batches):,} chains")
-    if args.min_reps < 1 or args.max_reps < args.min_reps or (args.min_time is not None and args.min_time < 0):
+    if (args.min_reps is not None and args.min_reps < 1) or args.max_reps < (args.min_reps or 1) or (
+            args.min_time is not None and args.min_time < 0):
         raise ConfigError("need 1 <= --min-reps <= --max-reps and --min-time >= 0")
     precision = args.precision if args.precision != "auto" else ("bf16" if on_gpu else "fp32")
     autocast_dtype = torch.bfloat16 if precision == "bf16" else None
     if autocast_dtype is not None and not on_gpu:
         raise ConfigError("--precision bf16 needs CUDA (autocast on CPU is not what is measured here)")
     min_time = args.min_time if args.min_time is not None else (1.0 if on_gpu else 0.2)
+    min_reps = args.min_reps if args.min_reps is not None else (5 if on_gpu else 3)
     folder = RunFolder(args.out).open() if args.out else None
     out = folder.path if folder else None
     say = Report(out / "sampler.log" if out else None)
@@ -308,7 +317,7 @@ def run_sampler(args: argparse.Namespace) -> dict:
         say(f"\npreset {pname}: {sum(p.numel() for p in planner.parameters()) / 1e6:.2f} M params, "
             f"{flops / 1e9:.3f} GFLOP per sample per {planner.config.ddim_steps}-step chain")
         say(f"{'variant':<26}{'batch':>6}{'latency ms':>12}{'samples/s':>12}{'TFLOP/s':>9}{'of peak':>9}"
-            f"{'setup s':>9}")
+            f"{'setup s':>9}{'x eager':>9}")
         for b in batches:
             obs = torch.randn(b, planner.config.n_obs_steps, planner.config.obs_dim, device=dev)
             for v in variants:
@@ -327,7 +336,7 @@ def run_sampler(args: argparse.Namespace) -> dict:
                             for _ in range(2):
                                 fn(obs)
                         with nvtx_range(f"{pname}/{v}/b{b}/timed"):
-                            times = time_calls(lambda: fn(obs), dev, args.min_reps, args.max_reps, min_time)
+                            times = time_calls(lambda: fn(obs), dev, min_reps, args.max_reps, min_time)
                 except Unavailable as e:
                     row["skipped"] = str(e)
                     rows.append(row)
@@ -337,10 +346,14 @@ def run_sampler(args: argparse.Namespace) -> dict:
                 row.update(latency_ms=lat * 1e3, latency_ms_p10=_quantile(times, 0.1) * 1e3,
                            latency_ms_p90=_quantile(times, 0.9) * 1e3, reps=len(times), samples_per_s=b / lat,
                            flops_per_s=flops * b / lat, frac_of_peak=flops * b / lat / peak if peak else None)
+                eager = next((r for r in rows if (r["preset"], r["variant"], r["batch"]) == (pname, "eager", b)
+                              and "samples_per_s" in r), None)
+                row["vs_eager"] = row["samples_per_s"] / eager["samples_per_s"] if eager else None
                 rows.append(row)
                 frac = f"{row['frac_of_peak']:>9.1%}" if peak else f"{'-':>9}"
+                vs = f"{row['vs_eager']:>9.2f}" if eager else f"{'-':>9}"
                 say(f"{v:<26}{b:>6}{row['latency_ms']:>12.3f}{row['samples_per_s']:>12.1f}"
-                    f"{row['flops_per_s'] / 1e12:>9.3f}{frac}{row['setup_s']:>9.1f}")
+                    f"{row['flops_per_s'] / 1e12:>9.3f}{frac}{row['setup_s']:>9.1f}{vs}")
         del planner
         if on_gpu:
             torch.cuda.empty_cache()
@@ -401,7 +414,7 @@ def check_targets(rows: list[dict], ratios: list[dict], on_gpu: bool) -> list[di
                 "detail": f"{fmt(value)} (goal >= {fmt(goal)})"}
 
     vs_eager = ratio(TARGET_BATCH_SMALL, {"eager"})
-    vs_compile = ratio(TARGET_BATCH_SMALL, {"compile-reduce-overhead", "compile-max-autotune"})
+    vs_compile = ratio(TARGET_BATCH_SMALL, {"compile", "compile-reduce-overhead", "compile-max-autotune"})
     large = [r for r in rows if r["preset"] == "default" and r["batch"] == TARGET_BATCH_LARGE
              and r["variant"] in OURS_BACKEND and r.get("frac_of_peak") is not None]
     roof = max((r["frac_of_peak"] for r in large), default=None)

@@ -27,7 +27,7 @@ HAS_GPU = torch.cuda.is_available() and _cuda.available()
 gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA device and the built extension")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 EXPORTS = {"ddim_step", "ddim_logprob", "ddim_logprob_backward", "ppo_workspace_floats", "ppo_loss_forward",
-           "ppo_loss_backward"}
+           "ppo_loss_backward", "film_epilogue_forward", "film_epilogue_backward"}
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -41,9 +41,15 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 def test_extension_builds_and_raises_without_gpu(tmp_path):
     env = dict(os.environ, SODP_CUDA_ARCHS="80")  # one architecture keeps the build quick
     env.pop("SODP_NO_CUDA", None)
-    build = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
-                            "--build-temp", str(tmp_path / "tmp")], cwd=REPO, env=env, capture_output=True, text=True)
-    assert build.returncode == 0, f"setup.py build_ext failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+
+    def build_ext(env):
+        build = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "-j", str(os.cpu_count()),
+                                "--build-lib", str(tmp_path / "lib"), "--build-temp", str(tmp_path / "tmp")],
+                               cwd=REPO, env=env, capture_output=True, text=True)
+        assert build.returncode == 0, f"setup.py build_ext failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+        return sorted(p.name.split(".")[0] for p in (tmp_path / "lib" / "sodp_fast").glob("*.so"))
+
+    assert build_ext(env) == ["_cpu_ext", "_cuda_ext"]
     so = next((tmp_path / "lib" / "sodp_fast").glob("_cuda_ext*.so"))
     spec = importlib.util.spec_from_file_location("sodp_fast._cuda_ext", so)
     mod = importlib.util.module_from_spec(spec)
@@ -55,6 +61,8 @@ def test_extension_builds_and_raises_without_gpu(tmp_path):
             mod.ppo_loss_forward(0, 0, 0, 5, 0.2, 0, 0, 0, 0)
         with pytest.raises(RuntimeError, match="no usable CUDA device"):
             mod.ddim_logprob(0, 0, 0, 0, 0, 0, 3, 48, 1.0, 0, 0)
+    # a later build without CUDA into the same build folder must not ship the earlier _cuda_ext
+    assert build_ext(dict(env, SODP_NO_CUDA="1")) == ["_cpu_ext"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
@@ -65,7 +73,7 @@ def test_cuda_backend_is_registered_but_unavailable_on_cpu():
             dispatch.resolve(op, "cuda", torch.device("cpu"))
     with pytest.raises(RuntimeError, match="not available here"):
         ddim_logprob(x, x, x, torch.rand(6), backend="cuda")
-    assert dispatch.resolve("ppo_loss", "auto", torch.device("cpu")) == "torch"
+    assert dispatch.resolve("ppo_loss", "auto", torch.device("cpu")) in dispatch.AUTO_PREFERENCE["cpu"]
     if _cuda.available():
         with pytest.raises(RuntimeError, match="no usable CUDA device"):
             _cuda.ext().ddim_step(0, 0, 0, 0, 0, 0, 0, 3, 48, 1.0, 0, 0)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sodp_fast.nn.unet import PRESETS, ConditionalUnet1D
-from sodp_fast.ops import dispatch
+from sodp_fast.ops import _cuda, dispatch
 from sodp_fast.ops.film_epilogue import film_epilogue
 
 needs_triton = pytest.mark.skipif(not dispatch.backend_present("triton"), reason="triton not usable here")
@@ -46,12 +46,12 @@ def call(args, groups, eps, backend):
     return film_epilogue(h, w, bias, groups, scale, shift, res, eps, backend=backend)
 
 
-def check(b, c, groups, t, film, res, device, dtype, tol):
+def check(b, c, groups, t, film, res, device, dtype, tol, backend="triton"):
     seed = torch.seed() % 2**31
     ref_args, args = make_inputs(b, c, t, film, res, dtype, device, seed)
     assert not args[0].is_contiguous() and (not res or not args[4].is_contiguous())
     ref = call(ref_args, groups, 1e-5, "torch")
-    out = call(args, groups, 1e-5, "triton")
+    out = call(args, groups, 1e-5, backend)
     assert out.dtype == dtype and torch.isfinite(out).all(), f"unwritten output (seed {seed})"
     assert rel(out, ref) < tol, f"forward {rel(out, ref):.2e} (seed {seed})"
     grad = torch.randn(b, c, t, dtype=torch.float64)
@@ -78,8 +78,10 @@ def test_matches_float64_reference(b, c, groups, t, film, res, poison_empty):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("b,c,groups,t,film,res",
                          SHAPES + [(64, 1024, 8, 3, True, True), (256, 256, 8, 12, True, True)])
-def test_gpu_matches_reference(b, c, groups, t, film, res, dtype, tol, poison_empty):
-    check(b, c, groups, t, film, res, "cuda", dtype, tol)
+@pytest.mark.parametrize("backend", ["triton", pytest.param("cuda", marks=pytest.mark.skipif(
+    not _cuda.available(), reason="CUDA extension not built"))])
+def test_gpu_matches_reference(b, c, groups, t, film, res, dtype, tol, backend, poison_empty):
+    check(b, c, groups, t, film, res, "cuda", dtype, tol, backend)
 
 
 @needs_triton

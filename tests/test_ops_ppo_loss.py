@@ -2,11 +2,15 @@
 import pytest
 import torch
 
-from sodp_fast.ops import dispatch
+from sodp_fast.ops import _cpp, dispatch
 from sodp_fast.ops.ppo_loss import ppo_clip_loss
 
 needs_triton = pytest.mark.skipif(not dispatch.backend_present("triton"), reason="triton not usable here")
+needs_cpp = pytest.mark.skipif(not _cpp.available(), reason="CPU extension not built")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+BACKENDS = ["torch", pytest.param("triton", marks=needs_triton), pytest.param("cpp", marks=needs_cpp)]
 
 
 def rel(a, b):
@@ -64,7 +68,7 @@ def test_triton_matches_reference_gpu(n, dtype, tol, poison_empty):
     check_against_reference(n, "cuda", dtype, tol)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_ratio_one_gives_minus_mean_advantage(backend):
     new = torch.randn(37, requires_grad=True)
     adv = torch.randn(37)
@@ -75,7 +79,7 @@ def test_ratio_one_gives_minus_mean_advantage(backend):
     torch.testing.assert_close(new.grad, -adv / 37)  # ρ = 1: every row is on the unclipped branch
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_gradient_zero_outside_band_on_clipped_side(backend):
     eps = 0.2
     log_ratio = torch.tensor([0.5, -0.5, 0.5, -0.5, 0.05, -0.05])  # ρ ≈ 1.65, 0.61, 1.65, 0.61, 1.05, 0.95
@@ -92,7 +96,7 @@ def test_gradient_zero_outside_band_on_clipped_side(backend):
     torch.testing.assert_close(loss, torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - eps, 1 + eps)).mean())
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_approx_kl_nonnegative_and_logging_detached(backend):
     new = (3 * torch.randn(101)).requires_grad_()
     loss, clip_frac, approx_kl = ppo_clip_loss(new, torch.randn(101), torch.randn(101), 0.2, backend=backend)

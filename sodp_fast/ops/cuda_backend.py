@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from sodp_fast.ops import _cuda
-from sodp_fast.ops.ddim_step import NUM_COEF
+from sodp_fast.ops.ddim_step import NUM_COEF, _clip_arg
 from sodp_fast.ops.dispatch import register
 
 
@@ -32,10 +32,6 @@ def _row_coef(coef: torch.Tensor, n: int, device: torch.device) -> tuple[torch.T
     if coef.shape[0] != n:
         raise ValueError(f"coef has {coef.shape[0]} rows for {n} rows of x")
     return coef, NUM_COEF
-
-
-def _clip_arg(clip: float | None) -> float:
-    return -1.0 if clip is None else float(clip)
 
 
 class DDIMLogProbCUDA(torch.autograd.Function):

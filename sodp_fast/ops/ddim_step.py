@@ -14,7 +14,10 @@ one timestep) and the PPO path (rows at different denoising steps of stored chai
 
 Backends: "torch" (reference, differentiable everywhere), "triton" (one pass per call: sampling writes x_prev
 and log p together; ``ddim_logprob`` is an autograd Function with a Triton forward and a Triton backward that
-gives ∂log p/∂ε̂ only — x, x_prev and coef are data), "cuda" (sampling only). The Triton kernels take z = noise
+gives ∂log p/∂ε̂ only — x, x_prev and coef are data), "cuda" (sampling here, ``ddim_logprob`` in
+``cuda_backend.py``), "cpp" (CPU kernels of both, ``ddim_logprob`` differentiable in ε̂ only like triton; float32,
+other dtypes run the reference). The compiled kernels (cuda, cpp) share their per-element math
+(``csrc/kernel_math.h``) and report the log-prob of the stored x_prev. The Triton kernels take z = noise
 directly instead of recomputing (x_prev − mean)/std, use ε̃ = ε̂ where the clamp is inactive (see
 ``_ddim_mean``), compute in float32 whatever the input dtype, and return
 log p in float32 (a bf16 log-prob of ≈ −50 is off by ≈ 0.2, useless for PPO ratios).
@@ -23,7 +26,10 @@ Tolerances against a float64 reference on the same (rounded) inputs (‖out − 
 x_prev, log p and ∂log p/∂ε̂, bf16 ≲ 1e-2 — or, where float32 itself is ill-conditioned (clip=None and
 |x̂0| ≫ 1, e.g. ≈ 1e3 at the first step with a poor ε̂), no worse than twice PyTorch's own float32 error.
 An x̂0 within rounding of ±clip may fall on the other side of the clamp than in the reference (gradient 0 vs
-not): probability ~1e-7 per element with random inputs.
+not). The compiled kernels round x − c1·ε̂ once (``ddim_x0`` in ``csrc/kernel_math.h``), so that is ~1e-7 per
+element for them; the plain float32 form (torch, triton) rounds it twice before c0 ≈ 2e3 magnifies the error at
+the first step, so with a good ε̂ (x ≈ c1·ε̂) its x̂0 errs by ~1e-4 and clamp decisions flip that close to ±clip
+(∂log p/∂ε̂ off the clamp edge, worst of 200 seeded draws: torch float32 1.1e-5, cpp 1.7e-7 relative).
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ import math
 
 import torch
 
-from sodp_fast.ops import _cuda
+from sodp_fast.ops import _cpp, _cuda
 from sodp_fast.ops.dispatch import get, register
 
 try:
@@ -77,6 +83,11 @@ def ddim_logprob_torch(x, eps, x_prev, coef, clip):
     return gaussian_logprob_torch(x_prev, mean, std)
 
 
+def _clip_arg(clip: float | None) -> float:
+    """The compiled kernels' encoding of ``clip``: ≤ 0 means no clamp."""
+    return -1.0 if clip is None else float(clip)
+
+
 @register("ddim_step", "cuda")
 def ddim_step_cuda(x, eps, noise, coef, clip):
     if torch.is_grad_enabled() and eps.requires_grad:
@@ -92,7 +103,7 @@ def ddim_step_cuda(x, eps, noise, coef, clip):
     noise_ptr = 0 if noise is None else _cuda.check(noise.contiguous(), "noise", x.dtype)
     _cuda.ext().ddim_step(_cuda.check(x, "x"), _cuda.check(eps, "eps", x.dtype), noise_ptr,
                           _cuda.check(coef, "coef"), coef_stride, _cuda.check(out, "x_prev"),
-                          _cuda.check(logp, "logp"), n, d, -1.0 if clip is None else float(clip),
+                          _cuda.check(logp, "logp"), n, d, _clip_arg(clip),
                           _cuda.DTYPE_CODES[x.dtype], _cuda.stream())
     return out, logp
 
@@ -192,9 +203,9 @@ def _coef_rows(coef: torch.Tensor, n: int, device):
     return coef, 0 if coef.shape[0] == 1 else NUM_COEF
 
 
-def _no_grad_inputs(name: str, *tensors):
+def _no_grad_inputs(name: str, *tensors, backend: str = "triton"):
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError(f"the triton {name} differentiates w.r.t. eps only; detach the other inputs")
+        raise RuntimeError(f"the {backend} {name} differentiates w.r.t. eps only; detach the other inputs")
 
 
 @register("ddim_step", "triton")
@@ -249,6 +260,68 @@ class DDIMLogProbTriton(torch.autograd.Function):
 def ddim_logprob_triton(x, eps, x_prev, coef, clip):
     _no_grad_inputs("ddim_logprob", x, x_prev, coef)
     return DDIMLogProbTriton.apply(x, eps, x_prev, coef, clip)
+
+
+@register("ddim_step", "cpp")
+def ddim_step_cpp(x, eps, noise, coef, clip):
+    if not _cpp.runs(x):
+        return ddim_step_torch(x, eps, noise, coef, clip)
+    _no_grad_inputs("ddim_step (sampling, no autograd; use ddim_logprob for the PPO path)", x, eps, noise,
+                    backend="cpp")
+    n, d = x.shape
+    coef, s_coef = _coef_rows(coef, n, x.device)
+    (x, sx), (eps, se) = _cpp.rows(x, "x"), _cpp.rows(eps.to(x.dtype), "eps")
+    noise, sz = _cpp.rows(noise.to(x.dtype), "noise") if noise is not None else (None, 0)
+    out = torch.empty((n, d), dtype=torch.float32)
+    logp = torch.empty(n, dtype=torch.float32)
+    _cpp.ext().ddim_step(x.data_ptr(), sx, eps.data_ptr(), se, 0 if noise is None else noise.data_ptr(), sz,
+                         coef.data_ptr(), s_coef, out.data_ptr(), logp.data_ptr(), n, d, _clip_arg(clip))
+    return out, logp
+
+
+def _ddim_logprob_cpp(x, eps, x_prev, coef, clip):
+    """(log p, the inputs as passed to the kernel, their row strides)."""
+    n, d = x.shape
+    coef, s_coef = _coef_rows(coef, n, x.device)
+    (x, sx), (eps, se), (x_prev, sp) = _cpp.rows(x, "x"), _cpp.rows(eps, "eps"), _cpp.rows(x_prev, "x_prev")
+    logp = torch.empty(n, dtype=torch.float32)
+    _cpp.ext().ddim_logprob(x.data_ptr(), sx, eps.data_ptr(), se, x_prev.data_ptr(), sp, coef.data_ptr(), s_coef,
+                            logp.data_ptr(), n, d, _clip_arg(clip))
+    return logp, (x, eps, x_prev, coef), (sx, se, sp, s_coef)
+
+
+class DDIMLogProbCpp(torch.autograd.Function):
+    """log p(x_prev | x, ε̂) per row with ∂/∂ε̂ on the CPU kernels; the backward recomputes the mean."""
+
+    @staticmethod
+    def forward(ctx, x, eps, x_prev, coef, clip):
+        logp, saved, ctx.strides = _ddim_logprob_cpp(x, eps, x_prev, coef, clip)
+        ctx.save_for_backward(*saved)
+        ctx.clip = clip
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad_logp):
+        x, eps, x_prev, coef = ctx.saved_tensors
+        sx, se, sp, s_coef = ctx.strides
+        n, d = x.shape
+        grad_logp = grad_logp.to(torch.float32).contiguous()
+        grad_eps = torch.empty((n, d), dtype=torch.float32)
+        _cpp.ext().ddim_logprob_backward(x.data_ptr(), sx, eps.data_ptr(), se, x_prev.data_ptr(), sp,
+                                         coef.data_ptr(), s_coef, _cpp.ptr(grad_logp, "grad_logp"),
+                                         grad_eps.data_ptr(), n, d, _clip_arg(ctx.clip))
+        return None, grad_eps, None, None, None
+
+
+@register("ddim_logprob", "cpp")
+def ddim_logprob_cpp(x, eps, x_prev, coef, clip):
+    if not _cpp.runs(x):
+        return ddim_logprob_torch(x, eps, x_prev, coef, clip)
+    _no_grad_inputs("ddim_logprob", x, x_prev, coef, backend="cpp")
+    eps, x_prev = eps.to(x.dtype), x_prev.to(x.dtype)
+    if _cpp.needs_grad(eps):
+        return DDIMLogProbCpp.apply(x, eps, x_prev, coef, clip)
+    return _ddim_logprob_cpp(x, eps, x_prev, coef, clip)[0]
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,16 @@
-"""One dispatch layer for every fused op: ``backend = "auto" | "torch" | "triton" | "cuda"``.
+"""One dispatch layer for every fused op: ``backend = "auto" | "torch" | "cpp" | "triton" | "cuda"``.
 
 Each op module registers its implementations here under an op name; callers ask for an op by name and a
 backend. ``auto`` walks ``AUTO_PREFERENCE`` for the tensor's device and takes the first backend that is
-present and registered, so a CPU-only install always lands on the PyTorch reference (the Triton interpreter
-is for tests only, never picked by ``auto``).
+present and registered (the Triton interpreter is for tests only, never picked by ``auto``).
+
+On CPU ``auto`` picks the "cpp" kernels for every op, as measured on a loaded 2-core machine (2026-12-02,
+``profiles/2026-12-02-cpu-2core-*``; ratios torch / cpp time at the tiny and small U-Nets' sizes, B = 1 … 256):
+``OMP_NUM_THREADS=1 python benchmarks/bench_ops.py --cpu`` gave geometric means ddim_step 3.2, ddim_logprob 3.3,
+ppo_loss 2.3, FiLM epilogue 1.65 (78 of 80 cases > 1, the other two 0.97 and 0.98); with 2 threads cpp won every
+case (torch's GroupNorm forks at any size, ~6 ms per call when the other core is busy). Whole chains,
+``OMP_NUM_THREADS=1 sodp bench sampler --device cpu``: cpp 1.04–1.31x eager samples/s on tiny and small at
+B = 1 … 256 (tiny B = 1 once 0.83x, then 1.08x and 1.11x in an interleaved rerun).
 
 On CUDA devices ``auto`` also picks the reference until a GPU run has validated and timed the fused kernels:
 they are tested against float64 references in the CPU interpreter and by GPU-only tests, but no GPU has run
@@ -19,8 +26,9 @@ from typing import Callable
 
 import torch
 
-BACKENDS = ("torch", "triton", "cuda")
-AUTO_PREFERENCE = {"cuda": ("torch",), "cpu": ("torch",)}
+BACKENDS = ("torch", "cpp", "triton", "cuda")
+_DEVICE_ONLY = {"cpp": "cpu", "cuda": "cuda"}  # backends that run on one device type only
+AUTO_PREFERENCE = {"cuda": ("torch",), "cpu": ("cpp", "torch")}  # cpu: measured, see above
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}
 _default_backend = os.environ.get("SODP_BACKEND", "auto")
@@ -42,6 +50,10 @@ def backend_present(backend: str) -> bool:
     """Whether a backend can run at all in this process (library importable, GPU present where needed)."""
     if backend == "torch":
         return True
+    if backend == "cpp":
+        from sodp_fast.ops import _cpp
+
+        return _cpp.available()
     if backend == "cuda":
         from sodp_fast.ops import _cuda
 
@@ -66,8 +78,9 @@ def resolve(op: str, backend: str | None, device: torch.device) -> str:
     """The concrete backend ``get`` would use; raises a one-line error for a backend that cannot run.
 
     A backend named in the call is strict. The process-wide default (``set_default_backend`` /
-    ``SODP_BACKEND``) is a preference: an op without that backend falls back to the next faster one (e.g. the
-    FiLM epilogue has no CUDA C++ version, so ``cuda`` gives it the Triton kernel).
+    ``SODP_BACKEND``) is a preference: where that backend cannot serve the op (not registered, absent, or for
+    another device type: cpp is CPU-only, cuda GPU-only) it falls back along ``BACKENDS`` towards the reference
+    (cuda → triton → cpp → torch).
     """
     impls = _REGISTRY.get(op)
     if impls is None:
@@ -80,13 +93,15 @@ def resolve(op: str, backend: str | None, device: torch.device) -> str:
         order = None
     if order is not None:
         for cand in order:
-            if cand in impls and backend_present(cand):
+            if cand in impls and _DEVICE_ONLY.get(cand, device.type) == device.type and backend_present(cand):
                 return cand
         return "torch"
     if backend not in impls:
         raise RuntimeError(f"op {op!r} has no {backend!r} implementation (has: {sorted(impls)})")
     if not backend_present(backend):
         raise RuntimeError(f"backend {backend!r} is not available here: {describe_backends()[backend]}")
+    if _DEVICE_ONLY.get(backend, device.type) != device.type:
+        raise RuntimeError(f"backend {backend!r} runs on {_DEVICE_ONLY[backend]} tensors only, not {device.type}")
     return backend
 
 
@@ -97,7 +112,7 @@ def get(op: str, backend: str | None = None, device: torch.device | str = "cpu")
 
 def describe_backends() -> dict[str, str]:
     """Human-readable presence of each backend, for ``sodp info`` and error messages."""
-    from sodp_fast.ops import _cuda
+    from sodp_fast.ops import _cpp, _cuda
 
     out = {"torch": f"present (torch {torch.__version__})"}
     try:
@@ -108,10 +123,14 @@ def describe_backends() -> dict[str, str]:
         out["triton"] = f"installed (triton {triton.__version__}); {where}"
     except ImportError:
         out["triton"] = "not installed"
+    if not _cpp.available():
+        out["cpp"] = f"extension not built ({_cpp.import_error()})"
+    else:
+        out["cpp"] = f"extension built (CPU, OpenMP, {torch.get_num_threads()} threads)"
     if not _cuda.available():
         out["cuda"] = f"extension not built ({_cuda.import_error()})"
     elif not torch.cuda.is_available():
         out["cuda"] = "extension built; no CUDA device visible to torch"
     else:
         out["cuda"] = "extension built; CUDA device present"
-    return out
+    return {b: out[b] for b in BACKENDS}

@@ -12,6 +12,11 @@ one small reduction: a cross-program sum with no atomics, so results are determi
 incoming gradient itself. Mish is x·tanh(softplus(x)) written as x·n/(n + 2), n = eˣ(eˣ + 2), with eˣ capped
 at e²⁰ — exact to float32 rounding on both tails and free of libdevice tanh.
 
+"cpp" (CPU) and "cuda" run the same computation from one C++ source of per-element math
+(``csrc/kernel_math.h``): one work item per (batch, group), saving only the per-group mean/rstd, with the Mish
+derivative written as t + y·(2/(n + 2))·(1 + t)·σ(y) (sech² = (1 − t)(1 + t), no 1 − t² cancellation as t → 1).
+The CPU kernels are float32 (other dtypes run the reference); the CUDA ones take fp32 or bf16 h.
+
 Tolerances against a float64 reference (‖out − ref‖/‖ref‖), forward and every gradient: float32 ≲ 1e-5, bf16
 ≲ 1e-2 (statistics and arithmetic in float32 for any input dtype).
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sodp_fast.ops import _cpp, _cuda
 from sodp_fast.ops.dispatch import get, register
 
 try:
@@ -120,6 +126,12 @@ if triton is not None:
         tl.store(dh_ptr + (b * C + ch[:, None]) * T + ts[None, :], dh.to(dh_ptr.dtype.element_ty), mask=mask)
 
 
+def _groups_split(c: int, num_groups: int) -> int:
+    if c % num_groups:
+        raise ValueError(f"{c} channels do not split into {num_groups} groups")
+    return c // num_groups
+
+
 def _strides(t: torch.Tensor | None, n: int):
     return t.stride() if t is not None else (0,) * n
 
@@ -128,9 +140,7 @@ class FilmEpilogueTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps):
         bsz, c, t = h.shape
-        if c % num_groups:
-            raise ValueError(f"{c} channels do not split into {num_groups} groups")
-        cg = c // num_groups
+        cg = _groups_split(c, num_groups)
         out = torch.empty((bsz, c, t), device=h.device, dtype=h.dtype)
         mean = torch.empty(bsz * num_groups, device=h.device, dtype=torch.float32)
         rstd = torch.empty_like(mean)
@@ -168,6 +178,116 @@ class FilmEpilogueTriton(torch.autograd.Function):
 @register("film_epilogue", "triton")
 def film_epilogue_triton(h, gn_weight, gn_bias, num_groups, scale=None, shift=None, residual=None, eps=1e-5):
     return FilmEpilogueTriton.apply(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps)
+
+
+def _film_forward_cpp(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps, save_stats):
+    """(out, what the backward reads: (h, gn_weight, gn_bias, scale, mean, rstd) as passed to the kernel, scale's
+    row stride); mean/rstd are None unless ``save_stats``."""
+    bsz, c, t = h.shape
+    _groups_split(c, num_groups)
+    h, gn_weight, gn_bias = h.contiguous(), gn_weight.contiguous(), gn_bias.contiguous()
+    (scale, s_scale), (shift, s_shift) = ((_cpp.rows(scale, "scale"), _cpp.rows(shift, "shift"))
+                                          if scale is not None else ((None, 0), (None, 0)))
+    residual = residual.contiguous() if residual is not None else None
+    out = torch.empty((bsz, c, t), dtype=torch.float32)
+    mean, rstd = (torch.empty(bsz * num_groups, dtype=torch.float32) for _ in range(2)) if save_stats \
+        else (None, None)
+    _cpp.ext().film_epilogue_forward(
+        _cpp.ptr(h, "h"), _cpp.ptr(gn_weight, "gn_weight"), _cpp.ptr(gn_bias, "gn_bias"),
+        0 if scale is None else scale.data_ptr(), s_scale, 0 if shift is None else shift.data_ptr(), s_shift,
+        0 if residual is None else _cpp.ptr(residual, "residual"), out.data_ptr(),
+        0 if mean is None else mean.data_ptr(), 0 if rstd is None else rstd.data_ptr(), bsz, c, t, num_groups,
+        float(eps))
+    return out, (h, gn_weight, gn_bias, scale, mean, rstd), s_scale
+
+
+class FilmEpilogueCpp(torch.autograd.Function):
+    """CPU kernels; saves only h, the parameters and the per-group mean/rstd, like the Triton version."""
+
+    @staticmethod
+    def forward(ctx, h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps):
+        out, saved, s_scale = _film_forward_cpp(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps,
+                                                save_stats=True)
+        ctx.save_for_backward(*saved)
+        ctx.num_groups, ctx.s_scale, ctx.has_res = num_groups, s_scale, residual is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h, gn_weight, gn_bias, scale, mean, rstd = ctx.saved_tensors
+        bsz, c, t = h.shape
+        go = grad_out.to(torch.float32).contiguous()
+        dh = torch.empty((bsz, c, t), dtype=torch.float32)
+        dscale, dshift = (torch.empty((bsz, c), dtype=torch.float32) for _ in range(2)) if scale is not None \
+            else (None, None)
+        dw, db = (torch.empty(c, dtype=torch.float32) for _ in range(2))
+        _cpp.ext().film_epilogue_backward(
+            go.data_ptr(), h.data_ptr(), gn_weight.data_ptr(), gn_bias.data_ptr(),
+            0 if scale is None else scale.data_ptr(), ctx.s_scale, mean.data_ptr(), rstd.data_ptr(), dh.data_ptr(),
+            0 if scale is None else dscale.data_ptr(), 0 if scale is None else dshift.data_ptr(), dw.data_ptr(),
+            db.data_ptr(), bsz, c, t, ctx.num_groups)
+        return dh, dw, db, None, dscale, dshift, grad_out if ctx.has_res else None, None
+
+
+@register("film_epilogue", "cpp")
+def film_epilogue_cpp(h, gn_weight, gn_bias, num_groups, scale=None, shift=None, residual=None, eps=1e-5):
+    """float32 CPU kernels (any other dtype runs the reference). Without autograd (sampling) the kernel is called
+    directly and saves no statistics."""
+    tensors = (h, gn_weight, gn_bias, scale, shift, residual)
+    if not _cpp.runs(*tensors):
+        return film_epilogue_torch(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps)
+    if _cpp.needs_grad(*tensors):
+        return FilmEpilogueCpp.apply(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps)
+    return _film_forward_cpp(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps, save_stats=False)[0]
+
+
+class FilmEpilogueCUDA(torch.autograd.Function):
+    """CUDA kernels: h and residual fp32 or bf16, the per-channel inputs and every reduction in fp32."""
+
+    @staticmethod
+    def forward(ctx, h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps):
+        bsz, c, t = h.shape
+        _groups_split(c, num_groups)
+        if h.dtype not in _cuda.DTYPE_CODES:
+            raise RuntimeError(f"film_epilogue: the cuda backend supports {list(_cuda.DTYPE_CODES)}, got {h.dtype}")
+        h = h.contiguous()
+        w, b, scale, shift = (None if x is None else x.detach().to(torch.float32).contiguous()
+                              for x in (gn_weight, gn_bias, scale, shift))
+        residual = residual.to(h.dtype).contiguous() if residual is not None else None
+        out = torch.empty((bsz, c, t), device=h.device, dtype=h.dtype)
+        mean = torch.empty(bsz * num_groups, device=h.device, dtype=torch.float32)
+        rstd = torch.empty_like(mean)
+        _cuda.ext().film_epilogue_forward(
+            _cuda.check(h, "h"), _cuda.check(w, "gn_weight"), _cuda.check(b, "gn_bias"),
+            0 if scale is None else _cuda.check(scale, "scale"), 0 if shift is None else _cuda.check(shift, "shift"),
+            0 if residual is None else _cuda.check(residual, "residual"), _cuda.check(out, "out"),
+            _cuda.check(mean, "mean"), _cuda.check(rstd, "rstd"), bsz, c, t, num_groups, float(eps),
+            _cuda.DTYPE_CODES[h.dtype], _cuda.stream())
+        ctx.save_for_backward(h, w, b, scale, mean, rstd)
+        ctx.num_groups, ctx.has_res = num_groups, residual is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h, w, b, scale, mean, rstd = ctx.saved_tensors
+        bsz, c, t = h.shape
+        f32 = dict(device=h.device, dtype=torch.float32)
+        go = grad_out.to(h.dtype).contiguous()
+        dh = torch.empty_like(h)
+        dscale, dshift = (torch.empty((bsz, c), **f32) for _ in range(2)) if scale is not None else (None, None)
+        dw, db = (torch.empty((bsz, c), **f32) for _ in range(2))
+        _cuda.ext().film_epilogue_backward(
+            _cuda.check(go, "grad_out"), _cuda.check(h, "h"), _cuda.check(w, "gn_weight"), _cuda.check(b, "gn_bias"),
+            0 if scale is None else _cuda.check(scale, "scale"), _cuda.check(mean, "mean"),
+            _cuda.check(rstd, "rstd"), _cuda.check(dh, "dh"), 0 if scale is None else _cuda.check(dscale, "dscale"),
+            0 if scale is None else _cuda.check(dshift, "dshift"), _cuda.check(dw, "dw"), _cuda.check(db, "db"),
+            bsz, c, t, ctx.num_groups, _cuda.DTYPE_CODES[h.dtype], _cuda.stream())
+        return dh, dw.sum(0), db.sum(0), None, dscale, dshift, grad_out if ctx.has_res else None, None
+
+
+@register("film_epilogue", "cuda")
+def film_epilogue_cuda(h, gn_weight, gn_bias, num_groups, scale=None, shift=None, residual=None, eps=1e-5):
+    return FilmEpilogueCUDA.apply(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps)
 
 
 def film_epilogue(h, gn_weight, gn_bias, num_groups, scale=None, shift=None, residual=None, eps=1e-5, backend=None):

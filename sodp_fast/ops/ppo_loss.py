@@ -16,6 +16,11 @@ Why fused: eager PyTorch spends ~15 launches on [N]-sized vectors here (N = 2560
 so the update step is launch-bound; the Triton forward is one pass that writes per-program partial sums (then one
 tiny sum), the backward one pass that recomputes ρ and writes the gradient.
 
+Backends: "torch" (reference), "triton", "cuda" (``cuda_backend.py``) and "cpp" (CPU). The compiled ones (cuda,
+cpp) share their per-row math (``csrc/kernel_math.h``), which forms ρ − 1 as expm1(new − old): at the small
+log-ratios PPO lives at, ρ − 1 keeps float32 relative accuracy and the k3 term ≈ log²ρ/2 is 1/|log ρ| times more
+accurate than with exp(·) − 1.
+
 Tolerances (relative to a float64 reference, ‖out − ref‖/‖ref‖): float32 inputs ≲ 1e-5 for the loss, the two
 logging scalars and the gradient; bf16 inputs ≲ 1e-2. All backends accumulate in float32 or better.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from sodp_fast.ops import _cpp
 from sodp_fast.ops.dispatch import get, register
 
 try:
@@ -121,6 +127,37 @@ class PPOClipLossTriton(torch.autograd.Function):
 @register("ppo_loss", "triton")
 def ppo_loss_triton(new_logp, old_logp, advantages, clip_eps):
     return PPOClipLossTriton.apply(new_logp, old_logp, advantages, clip_eps)
+
+
+class PPOClipLossCpp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, new_logp, old_logp, advantages, clip_eps):
+        new_logp, old_logp, advantages = (t.contiguous() for t in (new_logp, old_logp, advantages))
+        out = torch.empty(3, dtype=torch.float32)
+        _cpp.ext().ppo_loss_forward(_cpp.ptr(new_logp, "new_logp"), _cpp.ptr(old_logp, "old_logp"),
+                                    _cpp.ptr(advantages, "advantages"), new_logp.shape[0], clip_eps, out.data_ptr())
+        ctx.save_for_backward(new_logp, old_logp, advantages)
+        ctx.clip_eps = clip_eps
+        loss, clip_frac, approx_kl = out.unbind()
+        ctx.mark_non_differentiable(clip_frac, approx_kl)
+        return loss, clip_frac, approx_kl
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_clip, _grad_kl):
+        new_logp, old_logp, advantages = ctx.saved_tensors
+        n = new_logp.shape[0]
+        grad_new = torch.empty(n, dtype=torch.float32)
+        _cpp.ext().ppo_loss_backward(new_logp.data_ptr(), old_logp.data_ptr(), advantages.data_ptr(),
+                                     float(grad_loss), n, ctx.clip_eps, grad_new.data_ptr())
+        return grad_new, None, None, None
+
+
+@register("ppo_loss", "cpp")
+def ppo_loss_cpp(new_logp, old_logp, advantages, clip_eps):
+    """CPU kernels (float32; other dtypes run the reference): each chunk of rows summed in double."""
+    if not _cpp.runs(new_logp):
+        return ppo_loss_torch(new_logp, old_logp, advantages, clip_eps)
+    return PPOClipLossCpp.apply(new_logp, old_logp.to(new_logp.dtype), advantages.to(new_logp.dtype), clip_eps)
 
 
 def ppo_clip_loss(new_logp, old_logp, advantages, clip_eps, backend=None):
