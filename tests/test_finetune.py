@@ -69,14 +69,16 @@ def test_a_good_planner_is_kept_when_rewards_arrive_late(tmp_path):
     walk away from what the planner knew; and with summed log-ratios that walk outweighs λ = 1 BC. Over three
     seeds the former defaults (chunk reward, summed log-ratios) degrade a planner pre-trained near a*; the
     defaults (return-to-go, per-dimension log-ratios) keep it. One thread: the runs are chaotic in float
-    rounding, so the thread count is pinned to make them repeatable."""
+    rounding, so the thread count is pinned to make them repeatable. Eight seeds, because single runs are not
+    decisive: rounding alone (the torch vs cpp backend) moves a run's end by up to 1.5 (seed 3: −3.6 vs −1.0),
+    and over seeds 0–2 the cpp backend's defaults ended below the pre-trained mean (−2.49 vs −2.36)."""
     ckpt = tmp_path / "good.safetensors"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     pre, final = [], {"defaults": [], "former": []}
     try:
         save_planner(ckpt, pretrain_broad(steps=400, spread=0.2))
-        for seed in (0, 1, 2):
+        for seed in range(8):
             for name, kw in (("defaults", {}), ("former", dict(signal="chunk", log_ratio="sum"))):
                 out = tmp_path / f"{name}-{seed}"
                 finetune(toy_cfg(out, str(ckpt), env_steps=20 * ITER, eval_episodes=16, seed=seed, **kw),
@@ -89,8 +91,10 @@ def test_a_good_planner_is_kept_when_rewards_arrive_late(tmp_path):
     pre, kept, former = np.mean(pre), np.mean(final["defaults"]), np.mean(final["former"])
     print(f"eval return over seeds: pre-trained {pre:.2f}, defaults {kept:.2f}, former defaults {former:.2f}")
     assert pre > -3.5                     # good already: a* ± 0.2 scores ≈ −2.5 per episode
-    assert kept >= pre                    # kept (measured: improved on every seed)
-    assert former < pre - 0.25 * abs(pre)  # walked off (measured: worse on every seed)
+    # measured over the 8 seeds (torch / cpp backend): pre-trained −2.23, defaults −1.81 / −1.67 (better on 7 / 6
+    # of 8 seeds), former defaults −4.47 / −3.88 (worse on 8 / 7 of 8)
+    assert kept >= pre                    # kept
+    assert former < pre - 0.25 * abs(pre)  # walked off
 
 
 def test_kl_pl_scratch_variants_run(toy_ckpt, tmp_path):
