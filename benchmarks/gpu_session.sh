@@ -73,6 +73,6 @@ step sampler 240 "python benchmarks/bench_sampler.py --presets default,tiny --ba
 step sampler-max-autotune 200 "python benchmarks/bench_sampler.py --presets default --batch-sizes 32,4096 --variants eager,compile-max-autotune,ours-cuda --min-time 0.5 --out \$STEP_DIR"
 # these two need metaworld/mujoco wheels in .whl/ (the GPU machines have none); they fail fast without them
 [ -f benchmarks/bench_rollout.py ] && step rollout 40 "python benchmarks/bench_rollout.py --task reach --envs 16 --chunks 60"
-[ -f benchmarks/bench_finetune.py ] && step finetune 60 "python benchmarks/bench_finetune.py --task reach --preset default --num-envs 16 --workers 8 --device cuda"
+[ -f benchmarks/bench_finetune.py ] && step finetune 60 "python benchmarks/bench_finetune.py --task reach --presets default --num-envs 16 --workers 8 --threads 8 --groups 1,2 --device cuda --out \$STEP_DIR/finetune.json"
 
 echo "session done in $(($(date +%s) - START))s; results under $OUT"
