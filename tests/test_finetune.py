@@ -44,21 +44,25 @@ def evals(run) -> list[tuple[int, float]]:
 
 
 def test_toy_finetuning_learns_and_bc_leads_none(toy_ckpt, tmp_path):
-    """Per-step reward −‖a − a*‖²: the broad prior scores ≈ −14 per 16-step episode, the optimum 0."""
-    curves = {}
-    for reg in ("bc", "none"):
-        finetune(toy_cfg(tmp_path / reg, toy_ckpt, reg=reg, env_steps=20 * ITER), make_env=make_toy_env)
-        curves[reg] = evals(tmp_path / reg)
-    (s0, pre), (_, bc) = curves["bc"][0], curves["bc"][-1]
-    none = curves["none"][-1][1]
-    print(f"eval return: pre-trained {pre:.2f}, bc {bc:.2f}, none {none:.2f}")
+    """Per-step reward −‖a − a*‖²: the broad prior scores ≈ −15 per 16-step episode, the optimum 0. Means over
+    five seeds: single runs are chaotic in float rounding (the torch and cpp backends' seed-0 runs of `none` end
+    at −5.1 and −14.8), the means are not. Measured (torch / cpp): pre-trained −15.4, bc −5.0 / −4.6 (each
+    seed closed 60–77 % of the gap), none −8.8 / −8.3 (single seeds −4.1 … −19.6)."""
+    res = {"pre": [], "bc": [], "none": []}
+    for seed in range(5):
+        for reg in ("bc", "none"):
+            out = tmp_path / f"{reg}-{seed}"
+            finetune(toy_cfg(out, toy_ckpt, reg=reg, env_steps=20 * ITER, seed=seed), make_env=make_toy_env)
+            (s0, start), *_, (_, end) = evals(out)
+            res[reg].append(end)
+        res["pre"].append(start)
+    pre, bc, none = (float(np.mean(v)) for v in res.values())
+    print(f"eval return over seeds: pre-trained {pre:.2f}, bc {bc:.2f}, none {none:.2f}")
     assert s0 == 0 and pre < -8
-    # BC: two thirds of the gap to the optimum closed in 19 iterations (PPO on per-dimension log-ratios pushes
-    # less than the summed ones did, so BC toward the best prior rollouts leads: ≈ 72 % measured)
-    assert bc > pre / 3
-    assert none > pre + 0.1 * abs(pre)  # L_imp alone also improves on this toy (no skill to forget) ...
-    assert bc > none                  # ... but more slowly: BC also pulls towards the proficient trajectories
-    model, meta, _ = load_planner(tmp_path / "bc" / "model.safetensors")
+    assert bc > pre / 2                      # BC closes more than half the gap to the optimum in 19 iterations
+    assert none > pre + 0.25 * abs(pre)      # L_imp alone also improves on this toy (no skill to forget) ...
+    assert bc > none                         # ... but more slowly: BC also pulls towards the proficient trajectories
+    model, meta, _ = load_planner(tmp_path / "bc-0" / "model.safetensors")
     assert meta["env_steps"] == 20 * ITER
 
 

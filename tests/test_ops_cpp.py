@@ -234,28 +234,35 @@ def test_mish_and_its_derivative_elementwise_on_both_tails():
     assert (bias.grad.double() - dmish).abs().max() < 1e-6  # |Mish'| ≤ 1.1; it has a root near −1.19
 
 
-def test_results_do_not_depend_on_the_thread_count():
-    """Above the parallel threshold the work is split over threads; every op must still be bitwise the same."""
+def misaligned(t: torch.Tensor, offset: int) -> torch.Tensor:
+    """A copy of ``t`` starting ``offset`` floats into its storage (the simd loops must not round by alignment)."""
+    return torch.empty(t.numel() + offset)[offset:].view_as(t).copy_(t)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_results_do_not_depend_on_the_thread_count_or_alignment(offset):
+    """Above the parallel threshold the work is split over threads; every op must still be bitwise the same, and
+    the same whatever the alignment of its inputs."""
     g = torch.Generator().manual_seed(0)
-    h = torch.randn(256, 64, 12, generator=g, requires_grad=True)
+    h = torch.randn(256, 64, 12, generator=g)
     w, bias, ss = torch.randn(64, generator=g), torch.randn(64, generator=g), torch.randn(256, 128, generator=g)
     new, old, adv = torch.randn(3, 3 * 4096, generator=g)
     x, eps, x_prev = torch.randn(3, 2048, 48, generator=g)
     coef = SAMPLER.coef[torch.arange(2048) % 10].float()
     threads = torch.get_num_threads()
 
-    def run():
-        h.grad = None
-        out = film_epilogue(h, w, bias, 8, *ss.chunk(2, dim=-1), backend="cpp")
-        out.backward(torch.ones_like(out))
-        return (out, h.grad, *ppo_clip_loss(new, old, adv, 0.2, backend="cpp"),
-                *ddim_step(x, eps, x_prev, coef, backend="cpp"))
+    def run(shift):
+        hh = (misaligned(h, shift) if shift else h.clone()).requires_grad_()
+        out = film_epilogue(hh, w, bias, 8, *misaligned(ss, shift).chunk(2, dim=-1), backend="cpp")
+        out.backward(misaligned(torch.ones_like(out), shift))
+        return (out, hh.grad, *ppo_clip_loss(misaligned(new, shift), old, adv, 0.2, backend="cpp"),
+                *ddim_step(misaligned(x, shift), misaligned(eps, shift), x_prev, coef, backend="cpp"))
 
     try:
         torch.set_num_threads(1)
-        one = run()
+        one = run(0)
         torch.set_num_threads(2)
-        two = run()
+        two = run(offset)
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(one, two))

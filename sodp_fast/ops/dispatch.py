@@ -10,10 +10,10 @@ On CPU the "cpp" kernels are the measured winner for every op (loaded 2-core mac
 ppo_loss 2.3, FiLM epilogue 1.65 (78 of 80 cases > 1, the other two 0.97 and 0.98); with 2 threads cpp won every
 case (torch's GroupNorm forks at any size, ~6 ms per call when the other core is busy). Whole chains,
 ``OMP_NUM_THREADS=1 sodp bench sampler --device cpu``: cpp 1.04–1.31x eager samples/s on tiny and small at
-B = 1 … 256 (tiny B = 1 once 0.83x, then 1.08x and 1.11x in an interleaved rerun). ``auto`` still picks the
-reference on CPU: with 2 threads a fine-tuning run on cpp is not bit-identical to itself after a kill and
-resume (``tests/test_finetune.py::test_kill_and_resume_is_bit_identical`` with ``SODP_BACKEND=cpp``; it passes
-with one thread and with torch), so cpp is opt-in (``backend="cpp"`` or ``SODP_BACKEND=cpp``) until that is found.
+B = 1 … 256 (tiny B = 1 once 0.83x, then 1.08x and 1.11x in an interleaved rerun), so ``auto`` picks cpp on
+CPU. Its results are bitwise the same for any thread count and input alignment (``tests/test_ops_cpp.py``),
+and a fine-tuning run on it resumes bit-identically from every checkpoint (2 threads); the rounding differs
+from the reference's, so a run is reproducible per backend, not across backends.
 
 On CUDA devices ``auto`` also picks the reference until a GPU run has validated and timed the fused kernels:
 they are tested against float64 references in the CPU interpreter and by GPU-only tests, but no GPU has run
@@ -31,7 +31,7 @@ import torch
 
 BACKENDS = ("torch", "cpp", "triton", "cuda")
 _DEVICE_ONLY = {"cpp": "cpu", "cuda": "cuda"}  # backends that run on one device type only
-AUTO_PREFERENCE = {"cuda": ("torch",), "cpu": ("torch",)}  # cpp: faster, not yet reproducible, see above
+AUTO_PREFERENCE = {"cuda": ("torch",), "cpu": ("cpp", "torch")}
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}
 _default_backend = os.environ.get("SODP_BACKEND", "auto")
