@@ -34,7 +34,8 @@ import numpy as np
 from sodp_fast.atomic import write_json, write_text
 from sodp_fast.envs.tasks import DIFFICULTY, resolve_tasks
 from sodp_fast.errors import ConfigError, at_least
-from sodp_fast.options import opt
+from sodp_fast.nn.unet import PRESETS as UNETS
+from sodp_fast.options import Options, opt
 from sodp_fast.train.run import Progress, RunFolder, check_config
 from sodp_fast.train.runtime import check_device
 
@@ -43,7 +44,7 @@ ReproError = ConfigError  # unusable preset, options, or an output folder holdin
 
 
 @dataclass(frozen=True)
-class Preset:
+class Preset(Options):
     """What one reproduction run computes. ``budget`` explains the numbers (printed by ``--dry-run``).
 
     ``seeds`` are the fine-tuning seeds, each evaluated with its own seed; data and pre-training use seed 0,
@@ -52,32 +53,32 @@ class Preset:
 
     name: str = opt(flag=False)
     tasks: tuple[str, ...] = opt(help="tasks (comma list or set name)")
-    transitions_per_task: int = opt(help="pre-training data per task (paper: 1 M)")
-    unet: str = opt(help="U-Net preset: tiny | small | default (paper)")
-    pretrain_steps: int = opt(help="pre-training steps (paper: 5e5)")
-    pretrain_batch: int = opt(help="pre-training batch (paper: 256)")
+    transitions_per_task: int = opt(help="pre-training data per task (paper: 1 M)", low=1)
+    unet: str = opt(help="U-Net preset: tiny | small | default (paper)", choices=sorted(UNETS))
+    pretrain_steps: int = opt(help="pre-training steps (paper: 5e5)", low=1)
+    pretrain_batch: int = opt(help="pre-training batch (paper: 256)", low=1)
     pretrain_lr: float = opt(help="pre-training learning rate (paper: 1e-4)")
-    finetune_env_steps: int = opt(help="env steps per (task, seed, regulariser) (paper: 1e6; Table 2: 1e5)")
-    finetune_num_envs: int = opt(help="envs per rollout iteration")
-    finetune_grad_steps: int = opt(help="gradient steps per rollout iteration")
-    finetune_n_init: int = opt(help="N_init: pre-trained rollouts that seed the buffers (paper: 10 or 20)")
+    finetune_env_steps: int = opt(help="env steps per (task, seed, regulariser) (paper: 1e6; Table 2: 1e5)", low=1)
+    finetune_num_envs: int = opt(help="envs per rollout iteration", low=1)
+    finetune_grad_steps: int = opt(help="gradient steps per rollout iteration", low=1)
+    finetune_n_init: int = opt(help="N_init: pre-trained rollouts that seed the buffers (paper: 10 or 20)", low=1)
     finetune_lr: float = opt(help="fine-tuning learning rate (paper: 1e-5)")
-    finetune_eval_every: int = opt(help="env steps between learning-curve points")
-    finetune_eval_episodes: int = opt(help="episodes per learning-curve point")
-    eval_episodes: int = opt(help="before/after evaluation episodes per task and seed (paper: 50)")
+    finetune_eval_every: int = opt(help="env steps between learning-curve points", low=1)
+    finetune_eval_episodes: int = opt(help="episodes per learning-curve point", low=1)
+    eval_episodes: int = opt(help="before/after evaluation episodes per task and seed (paper: 50)", low=1)
     seeds: tuple[int, ...] = opt(help="fine-tuning (and paired evaluation) seeds, comma list (paper: 3)")
     ablation_task: str | None = opt(help="fine-tuned a second time with --reg none (paper §5.4); none: no ablation")
-    max_episode_steps: int = opt(500, "episode length")
-    data_workers: int = opt(2, "processes generating data (0: in-process)")
-    env_workers: int | None = opt(None, "env processes in fine-tuning/eval (none: one per core, 0: in-process)")
+    max_episode_steps: int = opt(500, "episode length", low=1)
+    data_workers: int = opt(2, "processes generating data (0: in-process)", low=0)
+    env_workers: int | None = opt(None, "env processes in fine-tuning/eval (none: one per core, 0: in-process)", low=0)
     device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
     smoke: bool = opt(False, flag=False)
     budget: str = opt("", flag=False)
 
-    # Options that do not change what is computed, so they may differ on a resumed run.
     RESUMABLE = ("data_workers", "env_workers", "device", "budget", "smoke")
 
     def __post_init__(self):
+        super().__post_init__()
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen: normalise in place)
         set_("tasks", tuple(resolve_tasks(list(self.tasks))))
         set_("seeds", tuple(int(s) for s in self.seeds))
@@ -86,23 +87,9 @@ class Preset:
             if self.ablation_task not in self.tasks:
                 raise ReproError(f"ablation task {self.ablation_task} is not among the tasks "
                                  f"({', '.join(self.tasks)}); pick one of them or 'none'")
-        from sodp_fast.nn.unet import PRESETS as UNETS
-
-        if self.unet not in UNETS:
-            raise ReproError(f"unknown U-Net preset {self.unet!r}; choose one of {', '.join(sorted(UNETS))}")
-        for k in ("transitions_per_task", "pretrain_steps", "pretrain_batch", "finetune_env_steps",
-                  "finetune_num_envs", "finetune_grad_steps", "finetune_n_init", "finetune_eval_every",
-                  "finetune_eval_episodes", "eval_episodes", "max_episode_steps"):
-            at_least(getattr(self, k), 1, k)
-        at_least(self.data_workers, 0, "data_workers")
-        if self.env_workers is not None:
-            at_least(self.env_workers, 0, "env_workers")
         if not self.seeds:
             raise ReproError("need at least one seed")
         check_device(self.device)
-
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
     def finetune_runs(self) -> list[tuple[str, str, int]]:
         """(task, regulariser, seed) of every fine-tuning run: SODP (bc) on each task, then the ablation."""

@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from sodp_fast.checkpoint import load_planner, planner_from_state, save_planner
 from sodp_fast.errors import CheckpointError, ConfigError, DivergedError, at_least
 from sodp_fast.eval import CurveEvaluator
-from sodp_fast.options import opt
+from sodp_fast.options import Options, opt
 from sodp_fast.policy import DiffusionPlanner
 from sodp_fast.train.buffers import ReplayBuffer, TargetBuffer
 from sodp_fast.train.losses import (LOG_RATIOS, REGULARIZERS, REWARD_NORMS, SIGNALS, RunningMoments,
@@ -59,18 +59,18 @@ FinetuneError = ConfigError  # unusable options, checkpoint or run folder for fi
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Options):
     out: str = opt(help="run folder")
     task: str = opt(flag=False)  # --task / --tasks are the command's (one run, or one process per task)
     ckpt: str | None = opt(None, "pre-trained planner (.safetensors); required unless resuming")
-    env_steps: int = opt(1_000_000, "env steps of fine-tuning (init rollouts included)")
-    num_envs: int = opt(8, "parallel envs per rollout iteration")
-    env_groups: int = opt(1, "env groups pipelined so stepping overlaps sampling (1 = no overlap; rollout.py)")
-    num_workers: int | None = opt(None, "env worker processes in all (none: one per CPU core; 0: in-process)")
-    max_episode_steps: int = opt(500, "episode length")
-    n_init: int = opt(10, "N_init: initial rollouts that fill B and B_target")
-    grad_steps: int = opt(10, "p_step: gradient steps per rollout iteration")
-    batch_size: int = opt(256, "transitions (chain x step) per gradient step; also the BC batch")
+    env_steps: int = opt(1_000_000, "env steps of fine-tuning (init rollouts included)", low=1)
+    num_envs: int = opt(8, "parallel envs per rollout iteration", low=1)
+    env_groups: int = opt(1, "env groups pipelined so stepping overlaps sampling (1 = no overlap; rollout.py)", low=1)
+    num_workers: int | None = opt(None, "env worker processes in all (none: one per CPU core; 0: in-process)", low=0)
+    max_episode_steps: int = opt(500, "episode length", low=1)
+    n_init: int = opt(10, "N_init: initial rollouts that fill B and B_target", low=1)
+    grad_steps: int = opt(10, "p_step: gradient steps per rollout iteration", low=1)
+    batch_size: int = opt(256, "transitions (chain x step) per gradient step; also the BC batch", low=1)
     lr: float = opt(2e-6, "Adam learning rate (paper: 1e-5, which collapsed the tiny planner; see losses.py)")
     lr_decay: float = opt(0.999, "exponential lr decay per iteration")
     clip_eps: float = opt(0.1, "PPO clip epsilon")
@@ -84,37 +84,24 @@ class FinetuneConfig:
                       choices=SIGNALS)
     log_ratio: str = opt("mean", "PPO ratio from the mean (DPPO) or the sum (exact chain likelihood) of the "
                          "per-dimension log-ratios of a denoising step", choices=LOG_RATIOS)
-    replay_iterations: int = opt(1, "B keeps the chunks of this many recent iterations")
-    target_size: int = opt(10, "n: proficient trajectories kept in B_target")
+    replay_iterations: int = opt(1, "B keeps the chunks of this many recent iterations", low=1)
+    target_size: int = opt(10, "n: proficient trajectories kept in B_target", low=1)
     from_scratch: bool = opt(False, "SODP_scratch: fresh weights after the init rollouts")
     offline_data: str | None = opt(None, "SODP_off: fine-tune on this dataset's episodes of the task")
-    eval_every: int = opt(100_000, "env steps between evaluations")
-    eval_episodes: int = opt(10, "episodes per evaluation")
-    eval_num_envs: int = opt(10, "parallel envs for evaluation")
-    ckpt_every: int = opt(50_000, "env steps between checkpoints")
+    eval_every: int = opt(100_000, "env steps between evaluations", low=1)
+    eval_episodes: int = opt(10, "episodes per evaluation", low=1)
+    eval_num_envs: int = opt(10, "parallel envs for evaluation", low=1)
+    ckpt_every: int = opt(50_000, "env steps between checkpoints", low=1)
     seed: int = opt(0, "seed")
     device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
     cuda_graphs: bool = opt(False, "sample rollouts with CUDA-graph replays of the whole DDIM chain (GPU only)")
     progress: bool = opt(True, "progress reporting (a bar on a terminal, plain lines otherwise)")
 
-    # Options that may differ when resuming: they do not change what is computed.
     RESUMABLE = ("env_steps", "eval_every", "eval_episodes", "eval_num_envs", "ckpt_every", "num_workers",
                  "progress", "device", "ckpt", "out", "cuda_graphs")
 
     def __post_init__(self):
-        if self.reg not in REGULARIZERS:
-            raise FinetuneError(f"--reg must be one of {', '.join(REGULARIZERS)}, not {self.reg!r}")
-        if self.reward_norm not in REWARD_NORMS:
-            raise FinetuneError(f"--reward-norm must be one of {', '.join(REWARD_NORMS)}, not {self.reward_norm!r}")
-        if self.log_ratio not in LOG_RATIOS:
-            raise FinetuneError(f"--log-ratio must be one of {', '.join(LOG_RATIOS)}, not {self.log_ratio!r}")
-        if self.signal not in SIGNALS:
-            raise FinetuneError(f"--signal must be one of {', '.join(SIGNALS)}, not {self.signal!r}")
-        for name in ("env_steps", "num_envs", "env_groups", "n_init", "grad_steps", "batch_size", "max_episode_steps",
-                     "replay_iterations", "target_size", "eval_every", "eval_episodes", "eval_num_envs", "ckpt_every"):
-            at_least(getattr(self, name), 1, name)
-        if self.num_workers is not None:
-            at_least(self.num_workers, 0, "num_workers")
+        super().__post_init__()
         if self.reward_norm == "step" and self.num_envs < 2:
             raise FinetuneError("--reward-norm step baselines each chunk with the same chunk of the other envs: "
                                 "it needs --num-envs >= 2 (or choose --reward-norm batch)")
@@ -125,9 +112,6 @@ class FinetuneConfig:
         if self.reg_weight < 0:
             raise FinetuneError(f"--reg-weight must be >= 0, got {self.reg_weight}")
         check_device(self.device)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # -- the fine-tuning state and its update -----------------------------------------------------------------

@@ -19,7 +19,7 @@ with its own generators (seeded by rank); rank 0 logs and writes checkpoints hol
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from sodp_fast.envs.tasks import resolve_tasks
 from sodp_fast.errors import CheckpointError, ConfigError, DivergedError, SodpError, at_least, check_fits
 from sodp_fast.logging import RunLogger
 from sodp_fast.nn.unet import PRESETS, preset
-from sodp_fast.options import opt
+from sodp_fast.options import Options, opt
 from sodp_fast.policy import DiffusionPlanner, PlannerConfig
 from sodp_fast.train.batches import WindowBatches
 from sodp_fast.train.ema import EMA
@@ -49,38 +49,32 @@ PretrainError = ConfigError  # unusable dataset or options for pre-training
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Options):
     data: str = opt(help="dataset folder (sodp data generate / import-mtdiff)")
     out: str = opt(help="run folder: config.json, metrics, checkpoints, model.safetensors")
     tasks: list[str] | None = opt(None, "subset of the dataset's tasks (names, comma list or set name; none: all)")
-    steps: int = opt(500_000, "optimiser steps")
-    batch_size: int = opt(256, "global batch (split across DDP processes)")
+    steps: int = opt(500_000, "optimiser steps", low=1)
+    batch_size: int = opt(256, "global batch (split across DDP processes)", low=1)
     lr: float = opt(1e-4, "Adam learning rate (constant)")
     grad_clip: float = opt(1.0, "max gradient norm")
     ema_power: float = opt(0.75, "EMA decay warm-up power")
     ema_max_decay: float = opt(0.9999, "EMA decay ceiling")
     preset: str = opt("default", "U-Net size", choices=sorted(PRESETS))
-    num_timesteps: int = opt(100, "diffusion steps K")
+    num_timesteps: int = opt(100, "diffusion steps K", low=1)
     seed: int = opt(0, "seed of the weights and of every random draw")
-    ckpt_every: int = opt(20_000, "steps between checkpoints")
-    log_every: int = opt(100, "steps between metric records")
+    ckpt_every: int = opt(20_000, "steps between checkpoints", low=1)
+    log_every: int = opt(100, "steps between metric records", low=1)
     device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
     amp: str = opt("auto", "auto = bf16 autocast on CUDA only", choices=["auto", "bf16", "off"])
     data_on_device: str = opt("auto", "hold the dataset on the training device (auto: when it takes < half "
                               "its free memory)", choices=["auto", "yes", "no"])
-    eval_batch: int = opt(256, "fixed batch on which the EMA's loss is logged")
+    eval_batch: int = opt(256, "fixed batch on which the EMA's loss is logged", low=1)
     progress: bool = opt(True, "progress reporting (a bar on a terminal, plain lines otherwise)")
 
-    # Options that may differ when resuming: they do not change what is computed.
     RESUMABLE = ("steps", "ckpt_every", "log_every", "progress", "out")  # a moved run folder still resumes
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise PretrainError(f"unknown preset {self.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
-        if self.data_on_device not in ("auto", "yes", "no"):
-            raise PretrainError(f"data_on_device must be auto, yes or no, not {self.data_on_device!r}")
-        for name in ("steps", "batch_size", "ckpt_every", "log_every", "eval_batch", "num_timesteps"):
-            at_least(getattr(self, name), 1, name)
+        super().__post_init__()
         if not self.lr > 0 or not self.grad_clip > 0:
             raise PretrainError(f"--lr and --grad-clip must be > 0, got {self.lr} and {self.grad_clip}")
         if not 0 <= self.ema_max_decay < 1 or not self.ema_power > 0:
@@ -88,9 +82,6 @@ class PretrainConfig:
         if self.tasks is not None:
             self.tasks = resolve_tasks(self.tasks)
         check_device(self.device)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def load_windows(cfg: PretrainConfig, planner_cfg_kw: dict, runtime: Runtime):
