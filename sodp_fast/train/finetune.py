@@ -31,6 +31,7 @@ touches the training RNG.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -189,10 +190,9 @@ class Finetuner:
         tgt_t, tgt_meta = self.target.state()
         tensors = {**opt_t, **rep_t, **tgt_t, "rng.rollout": generator_state(self.gen_rollout),
                    "rng.update": generator_state(self.gen_update)}
-        meta = run.state_meta(self.cfg.to_dict(), iteration=self.iteration, env_steps=self.env_steps,
-                              grad_steps=self.grad_steps, optimizer=opt_meta, replay=rep_meta, target=tgt_meta,
-                              running=self.running.state(), last_eval=self.last_eval)
-        save_planner(run.state_path, self.planner, meta, tensors)
+        run.save_state(self.planner, tensors, iteration=self.iteration, env_steps=self.env_steps,
+                       grad_steps=self.grad_steps, optimizer=opt_meta, replay=rep_meta, target=tgt_meta,
+                       running=self.running.state(), last_eval=self.last_eval)
 
     def load(self, path, tensors: dict, meta: dict) -> None:
         """The planner's weights came with it (``planner_from_state``); the rest is validated here."""
@@ -212,9 +212,25 @@ class Finetuner:
 
 
 # -- the driver -------------------------------------------------------------------------------------------
-def _load_start(cfg: FinetuneConfig, run: TrainingRun, device):
-    """(planner, reference for KL or None, resume state or None)."""
-    resumed = run.resume_state(cfg.to_dict(), cfg.RESUMABLE)
+def finetune(cfg: FinetuneConfig, resume: bool = False, make_env=None) -> dict:
+    """Run (or resume) fine-tuning in ``cfg.out``; returns the summary written to ``summary.json``.
+
+    ``make_env(num_envs, seed, num_workers)`` builds a vector env with ChunkVecEnv's interface; the default
+    is Meta-World's ``cfg.task`` (tests plug in a toy env here).
+    """
+    from sodp_fast.envs.tasks import canonical_task
+
+    if make_env is None:
+        cfg.task = canonical_task(cfg.task)
+    device = resolve_device(cfg.device)
+    with TrainingRun(cfg, STATE_KIND, STATE_FILE, resume) as run:
+        return _finetune(cfg, run, device, make_env)
+
+
+def _finetune(cfg: FinetuneConfig, run: TrainingRun, device, make_env) -> dict:
+    from sodp_fast.envs.workers import build_env_groups, check_dims, metaworld_env_factory
+
+    resumed = run.resume_state()
     if resumed is not None:
         planner = planner_from_state(run.state_path, *resumed).to(device)
     elif not cfg.ckpt:
@@ -227,28 +243,6 @@ def _load_start(cfg: FinetuneConfig, run: TrainingRun, device):
             raise FinetuneError("--reg kl needs --ckpt (the pre-trained model is the KL reference)")
         reference, _, _ = load_planner(cfg.ckpt, device)
         reference.requires_grad_(False).eval()
-    return planner, reference, resumed
-
-
-def finetune(cfg: FinetuneConfig, resume: bool = False, make_env=None) -> dict:
-    """Run (or resume) fine-tuning in ``cfg.out``; returns the summary written to ``summary.json``.
-
-    ``make_env(num_envs, seed, num_workers)`` builds a vector env with ChunkVecEnv's interface; the default
-    is Meta-World's ``cfg.task`` (tests plug in a toy env here).
-    """
-    from sodp_fast.envs.tasks import canonical_task
-
-    if make_env is None:
-        cfg.task = canonical_task(cfg.task)
-    device = resolve_device(cfg.device)
-    with TrainingRun(cfg.out, STATE_KIND, STATE_FILE, resume).open() as run:
-        return _finetune(cfg, run, device, make_env)
-
-
-def _finetune(cfg: FinetuneConfig, run: TrainingRun, device, make_env) -> dict:
-    from sodp_fast.envs.workers import build_env_groups, check_dims, metaworld_env_factory
-
-    planner, reference, resumed = _load_start(cfg, run, device)
     c = planner.config
     if make_env is None:
         from sodp_fast.envs.metaworld import ACTION_DIM, OBS_DIM
@@ -256,32 +250,26 @@ def _finetune(cfg: FinetuneConfig, run: TrainingRun, device, make_env) -> dict:
         check_dims(cfg.ckpt or run.state_path, c, OBS_DIM, ACTION_DIM)
         make_env = metaworld_env_factory(cfg.task, c.n_obs_steps, c.n_action_steps, cfg.max_episode_steps, cfg.seed)
     timers = Timers(sync_cuda=device.type == "cuda")
-    if cfg.offline_data:
-        from sodp_fast.train.offline import OfflineSource
+    with contextlib.ExitStack() as stack:
+        if cfg.offline_data:
+            from sodp_fast.train.offline import OfflineSource
 
-        source = OfflineSource(cfg.offline_data, cfg.task, c, cfg.num_envs, cfg.seed, device, timers)
-    else:
-        if cfg.cuda_graphs and device.type == "cuda":
-            torch.cuda.manual_seed(cfg.seed)
-        envs = build_env_groups(make_env, cfg.num_envs, cfg.env_groups, cfg.seed, cfg.num_workers)
-        source = OnlineSource(envs, device, timers, cuda_graphs=cfg.cuda_graphs)
-    try:
+            source = OfflineSource(cfg.offline_data, cfg.task, c, cfg.num_envs, cfg.seed, device, timers)
+        else:
+            if cfg.cuda_graphs and device.type == "cuda":
+                torch.cuda.manual_seed(cfg.seed)
+            envs = build_env_groups(make_env, cfg.num_envs, cfg.env_groups, cfg.seed, cfg.num_workers)
+            source = stack.enter_context(contextlib.closing(OnlineSource(envs, device, timers, cfg.cuda_graphs)))
         env = source if cfg.offline_data else source.envs[0]
         check_dims(cfg.offline_data or cfg.ckpt or run.state_path, c, env.obs_dim, env.action_dim)
         tuner = Finetuner(cfg, planner, reference, device)
         if resumed is not None:
             tuner.load(run.state_path, *resumed)
         run.write_json(CONFIG_FILE, cfg.to_dict())
-        logger = run.logger(tuner.env_steps if resumed else None)
-        evaluator = CurveEvaluator(make_env, cfg.task, cfg.eval_episodes, cfg.eval_num_envs, cfg.seed,
-                                   cfg.num_workers, timers)
-        try:
-            _loop(tuner, run, source, evaluator, logger, timers, fresh=resumed is None)
-        finally:
-            evaluator.close()
-            logger.close()
-    finally:
-        source.close()
+        evaluator = stack.enter_context(contextlib.closing(CurveEvaluator(
+            make_env, cfg.task, cfg.eval_episodes, cfg.eval_num_envs, cfg.seed, cfg.num_workers, timers)))
+        logger = stack.enter_context(run.logger(tuner.env_steps if resumed else None))
+        _loop(tuner, run, source, evaluator, logger, timers, fresh=resumed is None)
     save_planner(run.path / MODEL_FILE, planner, {"finetuned_from": cfg.ckpt, "task": cfg.task,
                                                   "env_steps": tuner.env_steps})
     summary = {"task": cfg.task, "env_steps": tuner.env_steps, "iterations": tuner.iteration,

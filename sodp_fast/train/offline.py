@@ -82,6 +82,3 @@ class OfflineSource:
         # no trajectories: B_target already holds the dataset's best (``fill_target``)
         return Episode(Chunks(obs, latents, log_probs, rewards, to_go, index), [], returns, success,
                        sum(len(a) for _, a, _, _ in picked))
-
-    def close(self) -> None:
-        pass

@@ -202,11 +202,19 @@ class Pretrainer:
                 tensors[f"rng.{name}.{r}"] = s
         return tensors, {"step": self.step, "world_size": self.rt.world_size, "optimizer": optim_meta}
 
-    def load(self, path: Path, tensors: dict, meta: dict) -> None:
-        """Everything is validated before the first tensor is copied in."""
+    def load(self, path: Path, tensors: dict, meta: dict, data: dict) -> None:
+        """Everything (``data``: what identifies this run's dataset) is validated before the first tensor is
+        copied in."""
         step = record(meta, "step", path)
         if not isinstance(step, int) or not 0 <= step <= self.cfg.steps:
             raise CheckpointError(f"{path}: checkpoint is at step {step}, outside 0 … --steps {self.cfg.steps}")
+        if record(meta, "world_size", path) != self.rt.world_size:
+            raise CheckpointError(f"{path}: checkpoint was written by {meta['world_size']} processes, "
+                                  f"resuming with {self.rt.world_size}")
+        if PlannerConfig.from_dict(record(meta, "planner_config", path)) != self.planner.config:
+            raise CheckpointError(f"{path}: checkpoint's planner config differs from this run's")
+        if meta.get("data") != data:
+            raise CheckpointError(f"{path}: checkpoint was trained on different data ({meta.get('data')})")
         _, state = planner_state(path, tensors, meta)
         ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
         r = self.rt.rank
@@ -251,8 +259,7 @@ def _save(run: TrainingRun, trainer: Pretrainer, data_summary: dict) -> None:
     tensors, meta = trainer.state()  # collective
     if not trainer.rt.is_main:
         return
-    meta = run.state_meta(trainer.cfg.to_dict(), data=_data_key(data_summary), **meta)
-    save_planner(run.state_path, trainer.planner, meta, tensors)
+    run.save_state(trainer.planner, tensors, data=_data_key(data_summary), **meta)
     save_planner(run.path / MODEL_FILE, trainer.ema.model,
                  {"kind": "sodp_fast.pretrained_ema", "step": trainer.step, "tasks": data_summary["tasks"],
                   "dataset": data_summary["root"]})
@@ -261,9 +268,8 @@ def _save(run: TrainingRun, trainer: Pretrainer, data_summary: dict) -> None:
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> Pretrainer:
     """Run (or resume) pre-training into ``cfg.out``; returns the trainer (its ``.ema.model`` is the result)."""
     runtime = setup(cfg.device, cfg.amp)
-    run = TrainingRun(cfg.out, STATE_KIND, STATE_FILE, resume, owner=runtime.is_main)
     try:
-        with run.open():
+        with TrainingRun(cfg, STATE_KIND, STATE_FILE, resume, owner=runtime.is_main) as run:
             return _pretrain(cfg, run, runtime)
     finally:
         teardown(runtime)
@@ -275,30 +281,17 @@ def _pretrain(cfg: PretrainConfig, run: TrainingRun, runtime: Runtime) -> Pretra
     batches, stats, summary = load_windows(cfg, window_kw, runtime)
     planner = build_planner(cfg, len(stats.mean), batches.actions.shape[1])
     planner.normalizer.set_stats(stats.mean, stats.std)
-    resumed = run.resume_state(cfg.to_dict(), PretrainConfig.RESUMABLE)
-    if resumed is not None:
-        tensors, meta = resumed
-        path = run.state_path
-        if record(meta, "world_size", path) != runtime.world_size:
-            raise CheckpointError(f"{path}: checkpoint was written by {meta['world_size']} processes, "
-                                  f"resuming with {runtime.world_size}")
-        if PlannerConfig.from_dict(record(meta, "planner_config", path)) != planner.config:
-            raise CheckpointError(f"{path}: checkpoint's planner config differs from this run's")
-        if meta.get("data") != _data_key(summary):
-            raise CheckpointError(f"{path}: checkpoint was trained on different data ({meta.get('data')})")
+    resumed = run.resume_state()
     trainer = Pretrainer(planner, batches, cfg, runtime)
     if resumed is not None:
-        trainer.load(run.state_path, *resumed)
+        trainer.load(run.state_path, *resumed, data=_data_key(summary))
     start = trainer.step
     run.write_json(CONFIG_FILE, {"pretrain": cfg.to_dict(), "planner": planner.config.to_dict(),
                                  "world_size": runtime.world_size, "device": str(runtime.device),
                                  "amp": str(runtime.amp_dtype), "data": summary})
-    logger = run.logger(start if resumed is not None else None)
     eval_batch = _fixed_eval_batch(batches, cfg) if runtime.is_main else None
-    try:
+    with run.logger(start if resumed is not None else None) as logger:
         _loop(trainer, run, summary, logger, eval_batch, start)
-    finally:
-        logger.close()
     return trainer
 
 
