@@ -53,7 +53,7 @@ class OnlineSource:
     def __init__(self, envs: list, device: torch.device, timers: Timers, cuda_graphs: bool = False):
         self.envs, self.device, self.timers = envs, device, timers
         self.num_envs = sum(e.num_envs for e in envs)
-        self._pool = ThreadPoolExecutor(max_workers=1) if len(envs) > 1 else None
+        self._pool = ThreadPoolExecutor(max_workers=1)  # steps one group while the planner samples for the next
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self._graphed = None
 
@@ -73,12 +73,6 @@ class OnlineSource:
     def seek(self, iteration: int) -> None:
         for env in self.envs:
             env.seek(iteration)
-
-    def _step(self, env, actions: np.ndarray):
-        if self._pool is None:
-            with self.timers("env"):
-                return _Done(env.step_chunk(actions))
-        return self._pool.submit(env.step_chunk, actions)
 
     @torch.no_grad()
     def collect(self, planner, generator: torch.Generator) -> Episode:
@@ -105,7 +99,7 @@ class OnlineSource:
                 rec.latents.append(chain.latents)
                 rec.log_probs.append(chain.log_probs)
                 rec.actions.append(actions)
-                pending[g] = self._step(env, actions.numpy())
+                pending[g] = self._pool.submit(env.step_chunk, actions.numpy())
         return self._assemble(recs)
 
     def _assemble(self, recs: list[_GroupRecord]) -> Episode:
@@ -128,17 +122,7 @@ class OnlineSource:
         return Episode(chunks, trajectories, returns, success, actions.shape[0] * actions.shape[1])
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
+        self._pool.shutdown()
         for env in self.envs:
             env.close()
 
-
-class _Done:
-    """A finished 'future' for the single-group path (no thread needed)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
