@@ -1,19 +1,10 @@
-"""``sodp repro``: the paper's learning results as one resumable pipeline.
+"""``sodp repro``: data → pre-train → evaluate → (fine-tune → evaluate) per task, seed and regulariser → report.
 
-data → pre-train → evaluate → (fine-tune → evaluate) per task, seed and regulariser → report.
-
-Every stage writes its artefact atomically and then a completion marker ``OUT/stages/<stage>.json`` (a short
-summary and the wall time of the invocation that finished the stage). A rerun with the same options skips every stage with a marker; a stage
-that was killed midway resumes through its own mechanism: data generation skips finished tasks,
-pre-training and fine-tuning continue from their last checkpoint (``resume=True``), evaluations simply rerun
-(they are short). ``OUT/repro.json`` pins the options: a rerun with options that would change what finished
-stages computed is refused instead of silently mixing two configurations.
-
-The before/after comparison is paired: the pre-trained and every fine-tuned planner are evaluated with the
-same seeds, hence on the same goals and initial states (``sodp_fast.eval``).
-
-Outputs: ``results.json``, ``results.md`` (table), ``curves.png`` (success vs env steps), ``command.txt``
-and ``machine.txt`` (one block per invocation, so a resumed run shows every machine it ran on).
+Every stage writes its artefact atomically, then a marker ``OUT/stages/<stage>.json`` (summary, wall time). A
+rerun skips every stage with a marker; a killed stage resumes through its own mechanism (data generation skips
+finished tasks, training continues from its last checkpoint, evaluations rerun). ``OUT/repro.json`` pins the
+options, so a rerun cannot silently mix two configurations. Before/after evaluations are paired: the same seeds,
+hence the same goals and initial states. ``command.txt`` and ``machine.txt`` get one block per invocation.
 """
 from __future__ import annotations
 
@@ -33,7 +24,7 @@ import numpy as np
 
 from sodp_fast.atomic import write_json, write_text
 from sodp_fast.envs.tasks import DIFFICULTY, resolve_tasks
-from sodp_fast.errors import ConfigError, at_least
+from sodp_fast.errors import ConfigError
 from sodp_fast.nn.unet import PRESETS as UNETS
 from sodp_fast.options import Options, opt
 from sodp_fast.train.run import Progress, RunFolder, check_config
@@ -214,15 +205,15 @@ class Pipeline:
             Stage("pretrain", f"{p.unet} U-Net, {p.pretrain_steps:,} steps × batch {p.pretrain_batch}, "
                   f"lr {p.pretrain_lr:g}", self._pretrain, self.pretrain_dir / pt.STATE_FILE),
             Stage("eval-pretrained", f"{len(p.tasks)} tasks × {len(p.seeds)} seeds × {p.eval_episodes} episodes",
-                  self._eval_pretrained),
+                  partial(self._evaluate, self.pretrain_dir / pt.MODEL_FILE, list(p.tasks), p.seeds, "pretrained")),
         ]
         for task, reg, seed in p.finetune_runs():
             label = run_label(task, reg, seed)
             out.append(Stage(f"finetune/{label}", f"{p.finetune_env_steps:,} env steps, {p.finetune_num_envs} "
                              f"envs, {p.finetune_grad_steps} grad steps/iteration, lr {p.finetune_lr:g}, reg {reg}",
                              partial(self._finetune, task, reg, seed), self.finetune_dir / label / ft.STATE_FILE))
-            out.append(Stage(f"eval/{label}", f"{p.eval_episodes} episodes, seed {seed}",
-                             partial(self._eval_finetuned, task, reg, seed)))
+            out.append(Stage(f"eval/{label}", f"{p.eval_episodes} episodes, seed {seed}", partial(
+                self._evaluate, self.finetune_dir / label / ft.MODEL_FILE, [task], (seed,), label)))
         out.append(Stage("report", "results.json, results.md, curves.png", self._report))
         return out
 
@@ -247,33 +238,24 @@ class Pipeline:
         trainer = pretrain(cfg, resume=(self.pretrain_dir / STATE_FILE).exists())
         return {"steps": trainer.step}
 
-    def _load(self, path: Path):
+    def _evaluate(self, ckpt: Path, tasks: list[str], seeds: tuple[int, ...], name: str) -> dict:
+        """Evaluate ``ckpt`` into ``eval/<name>.json``."""
         from sodp_fast.checkpoint import load_planner
         from sodp_fast.envs.metaworld import ACTION_DIM, OBS_DIM
+        from sodp_fast.eval import evaluate_tasks
         from sodp_fast.train.runtime import resolve_device
 
-        planner, _, _ = load_planner(path, resolve_device(self.p.device),
-                                     expect={"obs_dim": OBS_DIM, "action_dim": ACTION_DIM})
-        return planner
-
-    def _evaluate(self, ckpt: Path, tasks: list[str], seeds: tuple[int, ...], dest: Path) -> dict:
-        from sodp_fast.eval import evaluate_tasks
-
         p = self.p
+        planner, _, _ = load_planner(ckpt, resolve_device(p.device), expect={"obs_dim": OBS_DIM,
+                                                                            "action_dim": ACTION_DIM})
         bar = Progress(len(tasks) * len(seeds), "evaluate", "evaluation", enabled=self.progress, interval=0)
-        res = evaluate_tasks(self._load(ckpt), tasks, p.eval_episodes, seeds, num_workers=p.env_workers,
+        res = evaluate_tasks(planner, tasks, p.eval_episodes, seeds, num_workers=p.env_workers,
                              max_episode_steps=p.max_episode_steps,
                              progress=lambda r: bar.update(1, **{r["task"]: r["success_rate"]}))
         bar.close()
         res["checkpoint"] = str(ckpt)
-        write_json(dest, res)
+        write_json(self.eval_dir / f"{name}.json", res)
         return {t: round(r["success_mean"], 3) for t, r in res["tasks"].items()}
-
-    def _eval_pretrained(self) -> dict:
-        from sodp_fast.train.pretrain import MODEL_FILE
-
-        return self._evaluate(self.pretrain_dir / MODEL_FILE, list(self.p.tasks), self.p.seeds,
-                              self.eval_dir / "pretrained.json")
 
     def _finetune(self, task: str, reg: str, seed: int) -> dict:
         from sodp_fast.train.finetune import STATE_FILE, FinetuneConfig, finetune
@@ -289,13 +271,6 @@ class Pipeline:
                              ckpt_every=p.finetune_eval_every, seed=seed, device=p.device, progress=self.progress)
         summary = finetune(cfg, resume=(run / STATE_FILE).exists())
         return {k: summary[k] for k in ("env_steps", "iterations", "grad_steps")}
-
-    def _eval_finetuned(self, task: str, reg: str, seed: int) -> dict:
-        from sodp_fast.train.finetune import MODEL_FILE
-
-        label = run_label(task, reg, seed)
-        return self._evaluate(self.finetune_dir / label / MODEL_FILE, [task], (seed,),
-                              self.eval_dir / f"{label}.json")
 
     def _report(self) -> dict:
         results = collect_results(self)

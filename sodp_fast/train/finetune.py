@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from sodp_fast.checkpoint import load_planner, planner_from_state, save_planner
-from sodp_fast.errors import CheckpointError, ConfigError, DivergedError, at_least
+from sodp_fast.errors import CheckpointError, ConfigError, DivergedError
 from sodp_fast.eval import CurveEvaluator
 from sodp_fast.options import Options, opt
 from sodp_fast.policy import DiffusionPlanner

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sodp_fast.checkpoint import load_state_checked, planner_state, save_planner
 from sodp_fast.envs.tasks import resolve_tasks
-from sodp_fast.errors import CheckpointError, ConfigError, DivergedError, SodpError, at_least, check_fits
+from sodp_fast.errors import CheckpointError, ConfigError, DivergedError, SodpError, check_fits
 from sodp_fast.logging import RunLogger
 from sodp_fast.nn.unet import PRESETS, preset
 from sodp_fast.options import Options, opt
