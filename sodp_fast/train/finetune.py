@@ -1,33 +1,21 @@
-"""Task-guided RL fine-tuning of a pre-trained planner (paper §3.2, Algorithm 1 second loop, B.3).
+"""Task-guided RL fine-tuning of a pre-trained planner (paper §3.2, Algorithm 1 second loop, B.3), top to bottom:
 
-The data path, top to bottom:
+1. **Init.** The planner starts as a copy of the pre-trained one; ``ceil(n_init / num_envs)`` rollout
+   iterations fill B and B_target without updating. ``from_scratch`` (SODP_scratch, §5.5) then re-initialises
+   the weights (buffers from the *pre-trained* model's rollouts, as in the paper; observation statistics kept).
+2. **Rollout** (``rollout.py``): every env plays one whole episode; per chunk one batched ``planner.sample``,
+   its chain, log-probs and chunk reward (sum of the Ta executed rewards, γ = 1) stored.
+3. **Buffers** (``buffers.py``): B ← the chunks of the last ``replay_iterations`` iterations; B_target ← each
+   episode that ranks among the ``target_size`` most proficient.
+4. **Update** (``losses.py``): ``grad_steps`` (p_step) Adam steps on L_imp (Eq. 12) + ``reg_weight`` ·
+   regulariser, gradient-norm clipping, lr = lr₀ · lr_decay^iteration. p_step counts per iteration: with
+   ``num_envs = 1`` the paper's "p_step gradient steps per episode".
+5. **Eval** every ``eval_every`` env steps (deterministic DDIM on fresh envs with a fixed seed, so every point of
+   a curve sees the same episodes) and **checkpoint** every ``ckpt_every``, both at iteration boundaries.
 
-1. **Init.** The planner starts as a copy of the pre-trained one. ``ceil(n_init / num_envs)`` rollout
-   iterations (≥ n_init episodes) fill B and B_target without updating. ``from_scratch`` (SODP_scratch,
-   §5.5) then re-initialises the weights with the same config: as in the paper, its buffers start from the
-   *pre-trained* model's rollouts (the normaliser's observation statistics are kept: they are data, not
-   learned).
-2. **Rollout** (``rollout.OnlineSource``): one iteration = every env plays one whole episode with the current
-   policy; one batched ``planner.sample`` per chunk for all envs, the chain, its log-probs and the chunk
-   reward (sum of the Ta executed rewards, γ = 1) stored per chunk.
-3. **Buffers** (``buffers.py``): B ← the iteration's chunks (B keeps the last ``replay_iterations``
-   iterations); B_target ← each episode if it ranks among the ``target_size`` most proficient.
-4. **Update**: ``grad_steps`` (p_step) Adam steps on L_imp (Eq. 12, PPO clip over chains × denoising steps,
-   ``batch_size`` transitions) + ``reg_weight`` · regulariser (BC Eq. 14 by default; KL Eq. 23, PL Eq. 24 or
-   none: ``losses.py``); gradient-norm clipping; lr = lr₀ · lr_decay^iteration (exponential decay per
-   iteration). p_step counts per iteration, i.e. per episode of every env: with ``num_envs = 1`` this is the
-   paper's "p_step gradient steps per episode"; more envs give fewer updates per env step. The chunk reward
-   enters L_imp through ``reward_norm``; the default ``step`` subtracts the mean reward of the same chunk
-   index over the envs (so it needs ``num_envs`` ≥ 2), which removes the reward's growth through a Meta-World
-   episode (``losses.py`` says why).
-5. **Eval** every ``eval_every`` env steps (deterministic DDIM, fresh eval envs with a fixed seed, so every
-   point of a learning curve sees the same episodes) and **checkpoint** every ``ckpt_every`` env steps, both
-   at iteration boundaries.
-
-Resume: a checkpoint holds the weights, Adam's moments, the two RNG states, both buffers and the counters;
-env episode seeds derive from (seed, env, episode index), so a resumed run re-creates identical envs by
-seeking to the iteration index, and ends bit-identical (on CPU) to a run that never stopped. Evaluation never
-touches the training RNG.
+Resume: the checkpoint holds weights, Adam's moments, both RNG states, both buffers and the counters; env
+episode seeds derive from (seed, env, episode index), so a resumed run seeks its envs to the iteration and ends
+bit-identical (on CPU) to one that never stopped. Evaluation never touches the training RNG.
 """
 from __future__ import annotations
 
@@ -159,7 +147,7 @@ class Finetuner:
             group["lr"] = lr
         chunks = self.replay.chunks
         adv = chunk_advantages(chunk_signal(chunks, cfg.signal), cfg.reward_norm, self.running, chunks.index)
-        sums = torch.zeros(5, device=self.device)
+        sums = torch.zeros(4 + (cfg.reg != "none"), device=self.device)
         for _ in range(cfg.grad_steps):
             batch = self.replay.sample(cfg.batch_size, adv, self.gen_update)
             l_imp, clip_frac, approx_kl = improvement_loss(planner, batch, cfg.clip_eps, cfg.log_ratio)
@@ -175,13 +163,10 @@ class Finetuner:
             grad_norm = torch.nn.utils.clip_grad_norm_(planner.parameters(), cfg.grad_clip)
             self.opt.step()
             self.grad_steps += 1
-            reg_value = reg.detach() if reg is not None else torch.zeros((), device=self.device)
-            sums += torch.stack([l_imp.detach(), reg_value, clip_frac, approx_kl, grad_norm.detach()])
-        names = ("loss_imp", f"loss_{cfg.reg}", "clip_frac", "approx_kl", "grad_norm")
-        out = dict(zip(names, (sums / cfg.grad_steps).tolist()))
-        if cfg.reg == "none":
-            del out["loss_none"]
-        return {**out, "lr": lr}
+            sums += torch.stack([l_imp.detach(), clip_frac, approx_kl, grad_norm.detach(), *([] if reg is None
+                                                                                             else [reg.detach()])])
+        names = ("loss_imp", "clip_frac", "approx_kl", "grad_norm", f"loss_{cfg.reg}")  # no loss_none
+        return {**dict(zip(names, (sums / cfg.grad_steps).tolist())), "lr": lr}
 
     # -- checkpointing --------------------------------------------------------------------------------
     def save(self, run: TrainingRun) -> None:

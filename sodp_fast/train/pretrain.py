@@ -1,20 +1,14 @@
 """Multi-task pre-training (paper §3.1, Algorithm 1 first loop, B.3): ε-prediction loss (Eq. 7) on windows
 drawn uniformly from all tasks' transitions, no rewards and no task ids.
 
-Paper defaults: batch 256, Adam (default betas) at a constant lr 1e-4, 5e5 steps, K = 100 cosine schedule.
-Added, as in Diffusion Policy: gradient-norm clipping (1.0) and an EMA of the weights (``ema.py``); the EMA
-weights are the model handed on (``RUN/model.safetensors``).
+Paper defaults: batch 256, Adam at a constant lr 1e-4, 5e5 steps, K = 100 cosine schedule. Added, as in
+Diffusion Policy: gradient-norm clipping and an EMA of the weights (``ema.py``), the model handed on.
 
-Speed: the dataset and the window index live on the training device when they fit (always on CPU), so a batch
-is two ``randint``/gather kernels with no host round trip; on CUDA the step runs under bf16 autocast with TF32
-enabled, Adam is fused, and the loss is only synchronised every ``log_every`` steps.
-
-Determinism and resume: every random draw of a step (window rows, diffusion step k, noise ε) comes from two
-``torch.Generator``s whose states are checkpointed with the weights, the EMA and Adam's moments, so a run
-killed at any point and resumed with ``--resume`` ends bit-identical (on CPU) to one that never stopped.
-
-Distributed: under ``torchrun --nproc_per_node=N`` the global ``batch_size`` is split across N DDP ranks, each
-with its own generators (seeded by rank); rank 0 logs and writes checkpoints holding every rank's RNG state.
+Speed: the dataset lives on the training device when it fits, so a batch is two kernels with no host round
+trip; on CUDA bf16 autocast, TF32 and fused Adam, and the loss is synchronised only every ``log_every`` steps.
+Resume: every random draw (window rows, step k, noise ε) comes from two generators checkpointed with the
+weights, the EMA and Adam's moments, so a killed and resumed run ends bit-identical (on CPU) to one that never
+stopped. DDP (``torchrun``): ``batch_size`` is global, each rank has its own generators; rank 0 writes.
 """
 from __future__ import annotations
 
@@ -84,7 +78,7 @@ class PretrainConfig(Options):
         check_device(self.device)
 
 
-def load_windows(cfg: PretrainConfig, planner_cfg_kw: dict, runtime: Runtime):
+def load_windows(cfg: PretrainConfig, pc: PlannerConfig, runtime: Runtime):
     """Load and check the dataset; returns (WindowBatches, obs_stats, summary dict)."""
     from sodp_fast.data.format import load_dataset
     from sodp_fast.data.windows import concat_episode_ends
@@ -105,8 +99,7 @@ def load_windows(cfg: PretrainConfig, planner_cfg_kw: dict, runtime: Runtime):
     if device.type == "cuda" and (cfg.data_on_device == "no" or (
             cfg.data_on_device == "auto" and need > torch.cuda.mem_get_info(device)[0] // 2)):
         device = torch.device("cpu")
-    batches = WindowBatches(obs, actions, ends, planner_cfg_kw["n_obs_steps"], planner_cfg_kw["horizon"],
-                            planner_cfg_kw["n_action_steps"], device)
+    batches = WindowBatches(obs, actions, ends, pc.n_obs_steps, pc.horizon, pc.n_action_steps, device)
     if len(batches) == 0:
         raise PretrainError(f"{root}: no episode is long enough for a training window")
     summary = {"root": str(root.resolve()), "tasks": list(ds.tasks), "transitions": int(len(obs)),
@@ -148,8 +141,7 @@ class Pretrainer:
         self.data_gen = torch.Generator(batches.device).manual_seed(base + 1)
         self.noise_gen = torch.Generator(runtime.device).manual_seed(base + 2)
         self.step = 0
-        self._zero = torch.zeros((), device=runtime.device)
-        self.loss_sum = self._zero.clone()
+        self.loss_sum = torch.zeros((), device=runtime.device)
         self.bad_step = torch.full((), -1, dtype=torch.long, device=runtime.device)
 
     def train_step(self) -> torch.Tensor:
@@ -180,7 +172,7 @@ class Pretrainer:
 
     def pop_mean_loss(self, n: int) -> float:
         mean = float(self.loss_sum) / max(1, n)
-        self.loss_sum = self._zero.clone()
+        self.loss_sum = torch.zeros_like(self.loss_sum)
         return mean
 
     # -- checkpoint state ----------------------------------------------------------------------------
@@ -232,12 +224,6 @@ def build_planner(cfg: PretrainConfig, obs_dim: int, action_dim: int) -> Diffusi
                                           unet=preset(cfg.preset)))
 
 
-def _fixed_eval_batch(batches: WindowBatches, cfg: PretrainConfig):
-    gen = torch.Generator(batches.device).manual_seed(cfg.seed + 12345)
-    rows = torch.randint(0, len(batches), (cfg.eval_batch,), device=batches.device, generator=gen)
-    return batches.gather(rows)
-
-
 @torch.no_grad()
 def fixed_batch_loss(planner: DiffusionPlanner, batch, seed: int = 0) -> float:
     """Loss on a fixed batch with fixed k and ε: comparable across steps, runs and checkpoints."""
@@ -276,9 +262,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Pretrainer:
 
 
 def _pretrain(cfg: PretrainConfig, run: TrainingRun, runtime: Runtime) -> Pretrainer:
-    defaults = PlannerConfig()
-    window_kw = {k: getattr(defaults, k) for k in ("n_obs_steps", "horizon", "n_action_steps")}
-    batches, stats, summary = load_windows(cfg, window_kw, runtime)
+    batches, stats, summary = load_windows(cfg, PlannerConfig(), runtime)  # the default window sizes
     planner = build_planner(cfg, len(stats.mean), batches.actions.shape[1])
     planner.normalizer.set_stats(stats.mean, stats.std)
     resumed = run.resume_state()
@@ -289,7 +273,7 @@ def _pretrain(cfg: PretrainConfig, run: TrainingRun, runtime: Runtime) -> Pretra
     run.write_json(CONFIG_FILE, {"pretrain": cfg.to_dict(), "planner": planner.config.to_dict(),
                                  "world_size": runtime.world_size, "device": str(runtime.device),
                                  "amp": str(runtime.amp_dtype), "data": summary})
-    eval_batch = _fixed_eval_batch(batches, cfg) if runtime.is_main else None
+    eval_batch = batches.sample(cfg.eval_batch, torch.Generator(batches.device).manual_seed(cfg.seed + 12345))
     with run.logger(start if resumed is not None else None) as logger:
         _loop(trainer, run, summary, logger, eval_batch, start)
     return trainer
