@@ -35,7 +35,7 @@ from sodp_fast.train.buffers import ReplayBuffer, TargetBuffer
 from sodp_fast.train.losses import (LOG_RATIOS, REGULARIZERS, REWARD_NORMS, SIGNALS, RunningMoments,
                                     chunk_advantages, chunk_signal, improvement_loss, regularizer)
 from sodp_fast.train.rollout import Episode, OnlineSource
-from sodp_fast.train.run import (Progress, Timers, TrainingRun, generator_state, load_generator_state,
+from sodp_fast.train.run import (Progress, Timers, TrainingRun, load_generator_state,
                                  load_optimizer_state, optimizer_state, record)
 from sodp_fast.train.runtime import check_device, resolve_device
 
@@ -173,8 +173,8 @@ class Finetuner:
         opt_t, opt_meta = optimizer_state(self.opt)
         rep_t, rep_meta = self.replay.state()
         tgt_t, tgt_meta = self.target.state()
-        tensors = {**opt_t, **rep_t, **tgt_t, "rng.rollout": generator_state(self.gen_rollout),
-                   "rng.update": generator_state(self.gen_update)}
+        tensors = {**opt_t, **rep_t, **tgt_t, "rng.rollout": self.gen_rollout.get_state(),
+                   "rng.update": self.gen_update.get_state()}
         run.save_state(self.planner, tensors, iteration=self.iteration, env_steps=self.env_steps,
                        grad_steps=self.grad_steps, optimizer=opt_meta, replay=rep_meta, target=tgt_meta,
                        running=self.running.state(), last_eval=self.last_eval)

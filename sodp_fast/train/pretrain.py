@@ -31,8 +31,8 @@ from sodp_fast.options import Options, opt
 from sodp_fast.policy import DiffusionPlanner, PlannerConfig
 from sodp_fast.train.batches import WindowBatches
 from sodp_fast.train.ema import EMA
-from sodp_fast.train.run import (Progress, TrainingRun, generator_state, load_generator_state, load_optimizer_state,
-                                 optimizer_state, record)
+from sodp_fast.train.run import (Progress, TrainingRun, load_generator_state, load_optimizer_state, optimizer_state,
+                                 record)
 from sodp_fast.train.runtime import Runtime, check_device, setup, teardown
 
 MODEL_FILE = "model.safetensors"
@@ -190,7 +190,7 @@ class Pretrainer:
         optim_tensors, optim_meta = optimizer_state(self.optimizer)
         tensors.update(optim_tensors)
         for name, gen in (("data", self.data_gen), ("noise", self.noise_gen)):
-            for r, s in enumerate(self._all_ranks(generator_state(gen))):
+            for r, s in enumerate(self._all_ranks(gen.get_state())):
                 tensors[f"rng.{name}.{r}"] = s
         return tensors, {"step": self.step, "world_size": self.rt.world_size, "optimizer": optim_meta}
 

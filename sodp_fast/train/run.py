@@ -121,21 +121,20 @@ def tensor(tensors: dict, key: str, where, shape: tuple | None = None, dtype: to
 
 
 # -- optimiser and RNG state --------------------------------------------------------------------------------
-def optimizer_state(optimizer: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict, dict]:
-    """(tensors ``<prefix>.state.<i>.<key>``, JSON meta with param_groups and non-tensor values)."""
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """(tensors ``optim.state.<i>.<key>``, JSON meta with param_groups and non-tensor values)."""
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for idx, entry in sd["state"].items():
         for key, value in entry.items():
             if torch.is_tensor(value):
-                tensors[f"{prefix}.state.{idx}.{key}"] = value
+                tensors[f"optim.state.{idx}.{key}"] = value
             else:
                 scalars[f"{idx}.{key}"] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict, where,
-                         prefix: str = "optim") -> None:
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict, where) -> None:
     """Inverse of :func:`optimizer_state`, validated first: the parameter groups, every entry's parameter
     index, and every non-scalar tensor's shape must match ``optimizer``'s parameters."""
     groups, scalars = record(meta, "param_groups", where), record(meta, "scalars", where)
@@ -144,7 +143,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: 
     if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups] != [len(g["params"]) for g in own]:
         raise CheckpointError(f"{where}: optimiser state is for a different set of parameters")
     state: dict[int, dict] = {}
-    head = prefix + ".state."
+    head = "optim.state."
     entries = [(name[len(head):], value) for name, value in tensors.items() if name.startswith(head)]
     for name, value in entries + list(scalars.items()):
         idx, _, key = name.partition(".")
@@ -163,10 +162,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: 
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{where}: optimiser state does not fit this model ({e})") from None
-
-
-def generator_state(generator: torch.Generator) -> torch.Tensor:
-    return generator.get_state().clone()
 
 
 def load_generator_state(generator: torch.Generator, tensors: dict, key: str, where) -> None:
