@@ -204,38 +204,32 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, make_env=None) -> dict:
     is Meta-World's ``cfg.task`` (tests plug in a toy env here).
     """
     from sodp_fast.envs.tasks import canonical_task
+    from sodp_fast.envs.workers import build_env_groups, check_dims, metaworld_env_factory
 
     if make_env is None:
         cfg.task = canonical_task(cfg.task)
     device = resolve_device(cfg.device)
-    with TrainingRun(cfg, STATE_KIND, STATE_FILE, resume) as run:
-        return _finetune(cfg, run, device, make_env)
+    with TrainingRun(cfg, STATE_KIND, STATE_FILE, resume) as run, contextlib.ExitStack() as stack:
+        resumed = run.resume_state()
+        if resumed is not None:
+            planner = planner_from_state(run.state_path, *resumed).to(device)
+        elif not cfg.ckpt:
+            raise FinetuneError("--ckpt (the pre-trained planner) is required")
+        else:
+            planner, _, _ = load_planner(cfg.ckpt, device)
+        reference = None
+        if cfg.reg == "kl":
+            if not cfg.ckpt:
+                raise FinetuneError("--reg kl needs --ckpt (the pre-trained model is the KL reference)")
+            reference, _, _ = load_planner(cfg.ckpt, device)
+            reference.requires_grad_(False).eval()
+        c = planner.config
+        if make_env is None:
+            from sodp_fast.envs.metaworld import ACTION_DIM, OBS_DIM
 
-
-def _finetune(cfg: FinetuneConfig, run: TrainingRun, device, make_env) -> dict:
-    from sodp_fast.envs.workers import build_env_groups, check_dims, metaworld_env_factory
-
-    resumed = run.resume_state()
-    if resumed is not None:
-        planner = planner_from_state(run.state_path, *resumed).to(device)
-    elif not cfg.ckpt:
-        raise FinetuneError("--ckpt (the pre-trained planner) is required")
-    else:
-        planner, _, _ = load_planner(cfg.ckpt, device)
-    reference = None
-    if cfg.reg == "kl":
-        if not cfg.ckpt:
-            raise FinetuneError("--reg kl needs --ckpt (the pre-trained model is the KL reference)")
-        reference, _, _ = load_planner(cfg.ckpt, device)
-        reference.requires_grad_(False).eval()
-    c = planner.config
-    if make_env is None:
-        from sodp_fast.envs.metaworld import ACTION_DIM, OBS_DIM
-
-        check_dims(cfg.ckpt or run.state_path, c, OBS_DIM, ACTION_DIM)
-        make_env = metaworld_env_factory(cfg.task, c.n_obs_steps, c.n_action_steps, cfg.max_episode_steps, cfg.seed)
-    timers = Timers(sync_cuda=device.type == "cuda")
-    with contextlib.ExitStack() as stack:
+            check_dims(cfg.ckpt or run.state_path, c, OBS_DIM, ACTION_DIM)
+            make_env = metaworld_env_factory(cfg.task, c.n_obs_steps, c.n_action_steps, cfg.max_episode_steps, cfg.seed)
+        timers = Timers(sync_cuda=device.type == "cuda")
         if cfg.offline_data:
             from sodp_fast.train.offline import OfflineSource
 
@@ -255,13 +249,13 @@ def _finetune(cfg: FinetuneConfig, run: TrainingRun, device, make_env) -> dict:
             make_env, cfg.task, cfg.eval_episodes, cfg.eval_num_envs, cfg.seed, cfg.num_workers, timers)))
         logger = stack.enter_context(run.logger(tuner.env_steps if resumed else None))
         _loop(tuner, run, source, evaluator, logger, timers, fresh=resumed is None)
-    save_planner(run.path / MODEL_FILE, planner, {"finetuned_from": cfg.ckpt, "task": cfg.task,
-                                                  "env_steps": tuner.env_steps})
-    summary = {"task": cfg.task, "env_steps": tuner.env_steps, "iterations": tuner.iteration,
-               "grad_steps": tuner.grad_steps, **{f"final_{k}": v for k, v in tuner.last_eval.items()},
-               "seconds": dict(timers.seconds)}
-    run.write_json(SUMMARY_FILE, summary)
-    return summary
+        save_planner(run.path / MODEL_FILE, planner, {"finetuned_from": cfg.ckpt, "task": cfg.task,
+                                                      "env_steps": tuner.env_steps})
+        summary = {"task": cfg.task, "env_steps": tuner.env_steps, "iterations": tuner.iteration,
+                   "grad_steps": tuner.grad_steps, **{f"final_{k}": v for k, v in tuner.last_eval.items()},
+                   "seconds": dict(timers.seconds)}
+        run.write_json(SUMMARY_FILE, summary)
+        return summary
 
 
 def _loop(tuner: Finetuner, run: TrainingRun, source, evaluator, logger, timers: Timers, fresh: bool) -> None:

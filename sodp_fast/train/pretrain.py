@@ -184,15 +184,20 @@ class Pretrainer:
         dist.all_gather(out, comm)
         return [o.cpu() for o in out]
 
-    def state(self) -> tuple[dict, dict]:
-        """(extra tensors, meta) for ``save_planner``; collective under DDP (call on every rank)."""
+    def save(self, run: TrainingRun, data_summary: dict) -> None:
+        """The state checkpoint and the EMA model; collective under DDP (call on every rank; rank 0 writes)."""
         tensors = {f"ema.{k}": v for k, v in self.ema.model.state_dict().items()}
         optim_tensors, optim_meta = optimizer_state(self.optimizer)
         tensors.update(optim_tensors)
         for name, gen in (("data", self.data_gen), ("noise", self.noise_gen)):
             for r, s in enumerate(self._all_ranks(gen.get_state())):
                 tensors[f"rng.{name}.{r}"] = s
-        return tensors, {"step": self.step, "world_size": self.rt.world_size, "optimizer": optim_meta}
+        if self.rt.is_main:
+            run.save_state(self.planner, tensors, data=_data_key(data_summary), step=self.step,
+                           world_size=self.rt.world_size, optimizer=optim_meta)
+            model_meta = {"kind": "sodp_fast.pretrained_ema", "step": self.step, "tasks": data_summary["tasks"],
+                          "dataset": data_summary["root"]}
+            save_planner(run.path / MODEL_FILE, self.ema.model, model_meta)
 
     def load(self, path: Path, tensors: dict, meta: dict, data: dict) -> None:
         """Everything (``data``: what identifies this run's dataset) is validated before the first tensor is
@@ -241,42 +246,27 @@ def _data_key(summary: dict) -> dict:
     return {k: summary[k] for k in ("tasks", "transitions", "episodes")}
 
 
-def _save(run: TrainingRun, trainer: Pretrainer, data_summary: dict) -> None:
-    tensors, meta = trainer.state()  # collective
-    if not trainer.rt.is_main:
-        return
-    run.save_state(trainer.planner, tensors, data=_data_key(data_summary), **meta)
-    save_planner(run.path / MODEL_FILE, trainer.ema.model,
-                 {"kind": "sodp_fast.pretrained_ema", "step": trainer.step, "tasks": data_summary["tasks"],
-                  "dataset": data_summary["root"]})
-
-
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> Pretrainer:
     """Run (or resume) pre-training into ``cfg.out``; returns the trainer (its ``.ema.model`` is the result)."""
     runtime = setup(cfg.device, cfg.amp)
     try:
         with TrainingRun(cfg, STATE_KIND, STATE_FILE, resume, owner=runtime.is_main) as run:
-            return _pretrain(cfg, run, runtime)
+            batches, stats, summary = load_windows(cfg, PlannerConfig(), runtime)  # the default window sizes
+            planner = build_planner(cfg, len(stats.mean), batches.actions.shape[1])
+            planner.normalizer.set_stats(stats.mean, stats.std)
+            resumed = run.resume_state()
+            trainer = Pretrainer(planner, batches, cfg, runtime)
+            if resumed is not None:
+                trainer.load(run.state_path, *resumed, data=_data_key(summary))
+            run.write_json(CONFIG_FILE, {"pretrain": cfg.to_dict(), "planner": planner.config.to_dict(),
+                                         "world_size": runtime.world_size, "device": str(runtime.device),
+                                         "amp": str(runtime.amp_dtype), "data": summary})
+            eval_batch = batches.sample(cfg.eval_batch, torch.Generator(batches.device).manual_seed(cfg.seed + 12345))
+            with run.logger(trainer.step if resumed is not None else None) as logger:
+                _loop(trainer, run, summary, logger, eval_batch, trainer.step)
+            return trainer
     finally:
         teardown(runtime)
-
-
-def _pretrain(cfg: PretrainConfig, run: TrainingRun, runtime: Runtime) -> Pretrainer:
-    batches, stats, summary = load_windows(cfg, PlannerConfig(), runtime)  # the default window sizes
-    planner = build_planner(cfg, len(stats.mean), batches.actions.shape[1])
-    planner.normalizer.set_stats(stats.mean, stats.std)
-    resumed = run.resume_state()
-    trainer = Pretrainer(planner, batches, cfg, runtime)
-    if resumed is not None:
-        trainer.load(run.state_path, *resumed, data=_data_key(summary))
-    start = trainer.step
-    run.write_json(CONFIG_FILE, {"pretrain": cfg.to_dict(), "planner": planner.config.to_dict(),
-                                 "world_size": runtime.world_size, "device": str(runtime.device),
-                                 "amp": str(runtime.amp_dtype), "data": summary})
-    eval_batch = batches.sample(cfg.eval_batch, torch.Generator(batches.device).manual_seed(cfg.seed + 12345))
-    with run.logger(start if resumed is not None else None) as logger:
-        _loop(trainer, run, summary, logger, eval_batch, start)
-    return trainer
 
 
 def _loop(trainer: Pretrainer, run: TrainingRun, summary: dict, logger: RunLogger, eval_batch, start: int) -> None:
@@ -310,7 +300,7 @@ def _loop(trainer: Pretrainer, run: TrainingRun, summary: dict, logger: RunLogge
                 logger.log(step, loss=loss, ema_loss=ema_loss, steps_per_s=rate)
                 bar.update(0, loss=loss, ema=ema_loss)
         if ckpt:
-            _save(run, trainer, summary)
+            trainer.save(run, summary)
             last_good = step
             if rt.is_main:
                 logger.plot()
