@@ -392,9 +392,7 @@ def plot_curves(pipe: Pipeline, res: dict, out: Path) -> None:
                             label=label if style == "-o" else None)
         ax.axhline(before[task], color="grey", linestyle=":", label="pre-trained")
         ax.set_title(f"{task} ({DIFFICULTY[task]})" + (": BC vs none" if len(regs) > 1 else ""), fontsize=10)
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("success rate")
-        ax.set_ylim(-0.03, 1.03)
+        ax.set(xlabel="env steps", ylabel="success rate", ylim=(-0.03, 1.03))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("solid: evaluation (deterministic DDIM); dashed: training rollouts; dotted: pre-trained planner",
@@ -405,17 +403,6 @@ def plot_curves(pipe: Pipeline, res: dict, out: Path) -> None:
 # -- running ------------------------------------------------------------------------------------------------
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def check_options(preset: Preset, out: Path) -> None:
-    """Pin the options in ``OUT/repro.json``; refuse a rerun whose options would change finished work."""
-    from sodp_fast.data.format import read_json
-
-    path = out / "repro.json"
-    new = preset.to_dict()
-    if path.exists():
-        check_config(read_json(path).get("preset", {}), new, Preset.RESUMABLE, out)
-    write_json(path, {"preset": new, "updated": _now()})
 
 
 def machine_block(device: str) -> str:
@@ -453,9 +440,13 @@ def describe(pipe: Pipeline) -> str:
 
 def run(preset: Preset, out: str | Path, progress: bool = True, command: str | None = None) -> dict:
     """Run the pipeline's unfinished stages in order; returns ``results.json``'s content."""
+    from sodp_fast.data.format import read_json
+
     with RunFolder(out) as folder:
-        out = folder.path
-        check_options(preset, out)
+        out, pinned = folder.path, folder.path / "repro.json"  # the options; a rerun may not change finished work
+        if pinned.exists():
+            check_config(read_json(pinned).get("preset", {}), preset.to_dict(), Preset.RESUMABLE, out)
+        write_json(pinned, {"preset": preset.to_dict(), "updated": _now()})
         command = command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
         folder.append_text("command.txt", f"# {_now()}\n{command}\n")
         folder.append_text("machine.txt", machine_block(preset.device) + "\n")
