@@ -1,9 +1,6 @@
-"""Config dataclasses as command lines: one flag per ``opt`` field, typed from its annotation, help from the field.
-
-``add_flags`` turns a config class into ``--field-name`` flags (in the spirit of CleanRL's ``Args``), ``from_args``
-builds the config back and ``to_argv`` writes its values as flags again (child processes, ``command.txt``).
-Configs derive from ``Options``, which checks each field's ``choices`` and lower bound ``low`` on creation, so a bad
-value is a one-line error before any work starts.
+"""Config dataclasses as command lines (in the spirit of CleanRL's ``Args``): one ``--flag`` per ``opt`` field,
+typed from its annotation; ``Options`` checks each field's ``choices`` and lower bound ``low`` on creation, so a
+bad value is a one-line error before any work starts.
 """
 from __future__ import annotations
 
@@ -40,6 +37,11 @@ class Options:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
+def _named(parse, name: str):
+    parse.__name__ = name  # argparse names the type in "invalid <name> value"
+    return parse
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -50,7 +52,7 @@ def _int(text: str) -> int:
         return int(f)
 
 
-_int.__name__ = "int"  # argparse names the type in "invalid int value"
+_named(_int, "int")
 
 
 def parser_for(annotation):
@@ -58,20 +60,11 @@ def parser_for(annotation):
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType) and type(None) in args:
         inner = parser_for(next(a for a in args if a is not type(None)))
-
-        def optional(text: str):
-            return None if text.strip().lower() == "none" else inner(text)
-
-        optional.__name__ = f"{inner.__name__} or none"
-        return optional
+        return _named(lambda text: None if text.strip().lower() == "none" else inner(text), f"{inner.__name__} or none")
     if origin in (tuple, list):
         item = parser_for(args[0])
-
-        def comma_list(text: str):
-            return origin(item(s.strip()) for s in text.split(",") if s.strip())
-
-        comma_list.__name__ = f"comma list of {item.__name__}"
-        return comma_list
+        return _named(lambda text: origin(item(s.strip()) for s in text.split(",") if s.strip()),
+                      f"comma list of {item.__name__}")
     if annotation in (int, float, str):
         return _int if annotation is int else annotation
     raise TypeError(f"no command-line parser for {annotation!r}")

@@ -314,9 +314,10 @@ def collect_results(pipe: Pipeline) -> dict:
 
     seconds = {s.name: json.loads(pipe.marker(s.name).read_text())["seconds"] for s in pipe.stages()
                if pipe.marker(s.name).exists()}
-    return {"preset": p.to_dict(), "goal_points": None if p.smoke else GOAL_POINTS, "tasks": [row(t, "bc") for t in p.tasks],
-            "ablation": ({"task": p.ablation_task, "rows": [row(p.ablation_task, r) for r in ("bc", "none")]}
-                         if p.ablation_task else None),
+    ablation = ({"task": p.ablation_task, "rows": [row(p.ablation_task, r) for r in ("bc", "none")]}
+                if p.ablation_task else None)
+    return {"preset": p.to_dict(), "goal_points": None if p.smoke else GOAL_POINTS,
+            "tasks": [row(t, "bc") for t in p.tasks], "ablation": ablation,
             "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1)}
 
 
@@ -352,7 +353,8 @@ def results_markdown(res: dict) -> str:
     missed = [f"{r['task']} ({r['delta_points']:+.1f})" for r in res["tasks"] if r["goal_met"] is False]
     if res["goal_points"] is not None:
         lines += ["", f"Goal (+{res['goal_points']:.0f} points per task): met on {len(met)} of {len(res['tasks'])} "
-                  f"tasks{': ' + ', '.join(met) if met else ''}" + (f"; NOT met: {', '.join(missed)}." if missed else ".")]
+                  f"tasks{': ' + ', '.join(met) if met else ''}"
+                  + (f"; NOT met: {', '.join(missed)}." if missed else ".")]
     else:
         lines += ["", "Set-up check passed: every stage ran and wrote its files (no goal applies to a smoke test)."]
     if res["ablation"]:

@@ -99,8 +99,7 @@ class ReplayBuffer:
         rows = torch.randint(0, len(c) * s, (batch_size,), device=c.rewards.device, generator=generator)
         chain, step = rows // s, rows % s
         trans = torch.stack([c.latents[chain, step], c.latents[chain, step + 1]], 1)
-        return RowBatch(c.obs[chain], trans, step, c.log_probs[chain, step], advantages[chain],
-                        c.latents[chain, -1])
+        return RowBatch(c.obs[chain], trans, step, c.log_probs[chain, step], advantages[chain], c.latents[chain, -1])
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = {k: v for i, p in enumerate(self.parts) for k, v in p.to_tensors(f"replay.{i}").items()}

@@ -151,8 +151,7 @@ class Finetuner:
         for _ in range(cfg.grad_steps):
             batch = self.replay.sample(cfg.batch_size, adv, self.gen_update)
             l_imp, clip_frac, approx_kl = improvement_loss(planner, batch, cfg.clip_eps, cfg.log_ratio)
-            reg = regularizer(cfg.reg, planner, batch, self.target, self.reference, cfg.batch_size,
-                              self.gen_update)
+            reg = regularizer(cfg.reg, planner, batch, self.target, self.reference, cfg.batch_size, self.gen_update)
             loss = l_imp if reg is None else l_imp + cfg.reg_weight * reg
             if not torch.isfinite(loss):
                 raise DivergedError(f"loss became {loss.item()} at gradient step {self.grad_steps + 1} "

@@ -9,14 +9,11 @@ all its steps (``sodp_fast.ops.ppo_clip_loss``). The regularisers differ in the 
 * ``pl`` (DLPO-like, Eq. 24): μ = θ itself; the ε-prediction loss on the model's own samples x_0 from B.
 * ``none``: L_imp alone (DDPO / DPPO style).
 
-The signal (``chunk_signal``). Eq. 12 weighs a chain by its chunk's own reward r(a⁰) (``signal="chunk"``). On
-Meta-World that collapsed good planners (issue 13; button-press-topdown, tiny U-Net, 50 k env steps, 50
-deterministic episodes: 54 % → 0–14 %): the shaped reward pays for a move chunks after it is made, and PPO with
-*shuffled* advantages degraded the planner no less than with the real ones (lr 2e-6: 46 % vs 34 %). The default
-``signal="return"`` weighs a chain by the return-to-go from its chunk (γ = 1 as in the paper): the
-policy-gradient weight of the episodic objective, unbiased with the per-index baseline below. Over two tasks ×
-two seeds (profiles/2026-12-02-cpu-2core-finetune-collapse/): chunk signal 17 % mean success after fine-tuning,
-return-to-go 31–46 %, from 33 % before.
+The signal (``chunk_signal``). Eq. 12 weighs a chain by its chunk's own reward r(a⁰) (``signal="chunk"``); on
+Meta-World that collapsed good planners (issue 13): the shaped reward pays for a move chunks after it is made, so
+PPO on it did as much harm as on shuffled advantages. The default ``signal="return"`` weighs a chain by the
+return-to-go from its chunk (γ = 1), the policy-gradient weight of the episodic objective, unbiased with the
+per-index baseline below. Measurements: profiles/2026-12-02-cpu-2core-finetune-collapse/.
 
 Reward normalisation (``chunk_advantages``). Meta-World rewards are all positive (a chunk earns up to ~80), so a
 raw weight raises the likelihood of *every* sampled chain and the step size scales with the reward range. The
@@ -103,13 +100,9 @@ def chunk_advantages(rewards: torch.Tensor, mode: str, running: RunningMoments |
 
 def improvement_loss(planner, batch: RowBatch, clip_eps: float, log_ratio: str = "mean",
                      backend: str | None = None):
-    """Eq. 12 on a minibatch of transitions → (loss, clip_frac, approx_kl).
-
-    ``log_ratio="mean"`` (default): the ratio is exp of the mean, not the sum, of the Tp × A per-dimension
-    log-ratios (DPPO's convention), so ε bounds the per-dimension ratio. With the sum, the score of a 48-dim
-    Gaussian with std ≈ 0.1 made the PPO gradient 60–100× the BC gradient (measured grad norms 60–100 vs ≈ 1),
-    so λ = 1 BC could not hold a good planner; the mean makes the two terms comparable.
-    """
+    """Eq. 12 on a minibatch of transitions → (loss, clip_frac, approx_kl). ``log_ratio="mean"`` (default, DPPO's
+    convention): the ratio is exp of the mean, not the sum, of the Tp × A per-dimension log-ratios; with the sum,
+    PPO's gradient was 60–100× BC's and λ = 1 BC could not hold a good planner (see the module doc's profile)."""
     if log_ratio not in LOG_RATIOS:
         raise ValueError(f"log_ratio must be one of {LOG_RATIOS}, not {log_ratio!r}")
     d = batch.transitions[0, 0].numel() if log_ratio == "mean" else 1

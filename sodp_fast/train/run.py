@@ -1,9 +1,6 @@
-"""The run layer that pre-training, fine-tuning, ``sodp repro``, data generation and evaluation share.
-
-One owner per folder (``RunFolder``: an ``flock`` the kernel drops even on SIGKILL), nothing half-written
-(``atomic_write``; stale temporaries removed on open), pinned options (``check_config``: only a config's
-``RESUMABLE`` fields may change on resume), resume state validated against the live optimiser / generator before
-anything is loaded (a bad entry is a ``CheckpointError`` naming the file), and ``Timers`` / ``Progress``.
+"""The run layer shared by pre-training, fine-tuning, ``sodp repro``, data generation and evaluation: locked run
+folders, pinned options (``check_config``), resume state validated before anything is loaded (a bad entry is a
+``CheckpointError`` naming the file), ``Timers`` and ``Progress``.
 """
 from __future__ import annotations
 
@@ -30,8 +27,8 @@ except ImportError:  # optional: only Nsight profiling uses it
 
 
 class RunFolder:
-    """An output folder owned by this process while open (``with RunFolder(out) as folder: …``).
-
+    """An output folder owned by this process while open (``with RunFolder(out) as folder: …``): an ``flock`` on
+    ``.lock`` (the kernel drops it even on SIGKILL), atomic writes, stale temporaries removed on open.
     ``owner=False`` (non-zero DDP ranks) neither locks nor writes."""
 
     def __init__(self, path, owner: bool = True):
