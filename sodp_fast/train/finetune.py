@@ -1,21 +1,17 @@
 """Task-guided RL fine-tuning of a pre-trained planner (paper §3.2, Algorithm 1 second loop, B.3), top to bottom:
 
-1. **Init.** The planner starts as a copy of the pre-trained one; ``ceil(n_init / num_envs)`` rollout
-   iterations fill B and B_target without updating. ``from_scratch`` (SODP_scratch, §5.5) then re-initialises
-   the weights (buffers from the *pre-trained* model's rollouts, as in the paper; observation statistics kept).
-2. **Rollout** (``rollout.py``): every env plays one whole episode; per chunk one batched ``planner.sample``,
-   its chain, log-probs and chunk reward (sum of the Ta executed rewards, γ = 1) stored.
-3. **Buffers** (``buffers.py``): B ← the chunks of the last ``replay_iterations`` iterations; B_target ← each
-   episode that ranks among the ``target_size`` most proficient.
-4. **Update** (``losses.py``): ``grad_steps`` (p_step) Adam steps on L_imp (Eq. 12) + ``reg_weight`` ·
-   regulariser, gradient-norm clipping, lr = lr₀ · lr_decay^iteration. p_step counts per iteration: with
-   ``num_envs = 1`` the paper's "p_step gradient steps per episode".
-5. **Eval** every ``eval_every`` env steps (deterministic DDIM on fresh envs with a fixed seed, so every point of
-   a curve sees the same episodes) and **checkpoint** every ``ckpt_every``, both at iteration boundaries.
+1. **Init**: ``ceil(n_init / num_envs)`` rollout iterations of the pre-trained planner fill B and B_target without
+   updating; ``from_scratch`` (SODP_scratch, §5.5) then re-initialises the weights, keeping those buffers (as in
+   the paper) and the observation statistics (data, not learned).
+2. **Rollout** (``rollout.py``): every env plays one whole episode; every chunk's chain and log-probs are stored.
+3. **Buffers** (``buffers.py``): B ← the last ``replay_iterations`` iterations; B_target ← the proficient episodes.
+4. **Update** (``losses.py``): ``grad_steps`` (p_step) Adam steps on L_imp (Eq. 12) + λ · regulariser. p_step
+   counts per iteration: with ``num_envs = 1`` the paper's "p_step gradient steps per episode".
+5. **Eval** (deterministic DDIM on fresh envs with a fixed seed, so every point of a curve sees the same
+   episodes) and **checkpoint**, both at iteration boundaries.
 
-Resume: the checkpoint holds weights, Adam's moments, both RNG states, both buffers and the counters; env
-episode seeds derive from (seed, env, episode index), so a resumed run seeks its envs to the iteration and ends
-bit-identical (on CPU) to one that never stopped. Evaluation never touches the training RNG.
+Resume: env episode seeds derive from (seed, env, episode index), so a resumed run seeks its envs to the
+iteration and ends bit-identical (on CPU) to one that never stopped. Evaluation never touches the training RNG.
 """
 from __future__ import annotations
 

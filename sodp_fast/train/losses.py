@@ -98,16 +98,15 @@ def chunk_advantages(rewards: torch.Tensor, mode: str, running: RunningMoments |
     raise ValueError(f"reward normalisation must be one of {REWARD_NORMS}, not {mode!r}")
 
 
-def improvement_loss(planner, batch: RowBatch, clip_eps: float, log_ratio: str = "mean",
-                     backend: str | None = None):
+def improvement_loss(planner, batch: RowBatch, clip_eps: float, log_ratio: str = "mean"):
     """Eq. 12 on a minibatch of transitions → (loss, clip_frac, approx_kl). ``log_ratio="mean"`` (default, DPPO's
     convention): the ratio is exp of the mean, not the sum, of the Tp × A per-dimension log-ratios; with the sum,
     PPO's gradient was 60–100× BC's and λ = 1 BC could not hold a good planner (see the module doc's profile)."""
     if log_ratio not in LOG_RATIOS:
         raise ValueError(f"log_ratio must be one of {LOG_RATIOS}, not {log_ratio!r}")
     d = batch.transitions[0, 0].numel() if log_ratio == "mean" else 1
-    new = planner.chain_log_prob(batch.obs, batch.transitions, batch.steps, backend=backend)
-    return ppo_clip_loss(new / d, batch.old_log_probs / d, batch.advantages, clip_eps, backend)
+    new = planner.chain_log_prob(batch.obs, batch.transitions, batch.steps)
+    return ppo_clip_loss(new / d, batch.old_log_probs / d, batch.advantages, clip_eps)
 
 
 def bc_loss(planner, target: TargetBuffer, batch_size: int, generator: torch.Generator) -> torch.Tensor:

@@ -1,9 +1,7 @@
 """SODP_off (paper C.1): the loss of Eq. 15 on a fixed dataset of the task instead of online rollouts.
 
-Each iteration draws ``num_envs`` of the dataset's episodes of the task (seeded by (seed, iteration), so a
-resumed run draws the same ones) and cuts them into B's chunks at every Ta-th step: observation history, the Tp
-recorded actions (padded with the last) and the sum of the Ta recorded rewards. B_target is filled once with the
-dataset's most proficient episodes.
+Each iteration cuts ``num_envs`` dataset episodes of the task into B's chunks (drawn with the seed (seed,
+iteration), so a resumed run draws the same ones); B_target is filled once with the dataset's best episodes.
 
 The chains. Eq. 12 needs a denoising chain ending at each action sequence and its old log-probs, but the
 dataset's actions were not drawn by the planner. We draw the chain from the DDIM forward posterior

@@ -1,14 +1,11 @@
 """Multi-task pre-training (paper §3.1, Algorithm 1 first loop, B.3): ε-prediction loss (Eq. 7) on windows
-drawn uniformly from all tasks' transitions, no rewards and no task ids.
+drawn uniformly from all tasks' transitions, no rewards and no task ids. Added, as in Diffusion Policy:
+gradient-norm clipping and an EMA of the weights (``ema.py``), the model handed on.
 
-Paper defaults: batch 256, Adam at a constant lr 1e-4, 5e5 steps, K = 100 cosine schedule. Added, as in
-Diffusion Policy: gradient-norm clipping and an EMA of the weights (``ema.py``), the model handed on.
-
-Speed: the dataset lives on the training device when it fits, so a batch is two kernels with no host round
-trip; on CUDA bf16 autocast, TF32 and fused Adam, and the loss is synchronised only every ``log_every`` steps.
-Resume: every random draw (window rows, step k, noise ε) comes from two generators checkpointed with the
-weights, the EMA and Adam's moments, so a killed and resumed run ends bit-identical (on CPU) to one that never
-stopped. DDP (``torchrun``): ``batch_size`` is global, each rank has its own generators; rank 0 writes.
+The dataset lives on the training device when it fits, so a batch is two kernels with no host round trip; the
+loss is synchronised only every ``log_every`` steps. Every random draw comes from two generators checkpointed
+with the weights, the EMA and Adam's moments, so a killed and resumed run ends bit-identical (on CPU) to one that
+never stopped. DDP (``torchrun``): ``batch_size`` is global, each rank has its own generators; rank 0 writes.
 """
 from __future__ import annotations
 
