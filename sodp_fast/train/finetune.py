@@ -37,8 +37,6 @@ from sodp_fast.train.runtime import check_device, resolve_device
 
 STATE_FILE = "state.safetensors"
 MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
 STATE_KIND = "sodp_fast.finetune_state"
 FinetuneError = ConfigError  # unusable options, checkpoint or run folder for fine-tuning
 
@@ -114,10 +112,6 @@ class Finetuner:
         self.gen_update = torch.Generator(device).manual_seed(cfg.seed + 1)
         self.iteration = self.env_steps = self.grad_steps = 0
         self.last_eval: dict = {}
-
-    @property
-    def init_iterations(self) -> int:
-        return 0 if self.cfg.offline_data else math.ceil(self.cfg.n_init / self.cfg.num_envs)
 
     def absorb(self, ep: Episode) -> None:
         """Rollout → buffers."""
@@ -239,7 +233,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, make_env=None) -> dict:
         tuner = Finetuner(cfg, planner, reference, device)
         if resumed is not None:
             tuner.load(run.state_path, *resumed)
-        run.write_json(CONFIG_FILE, cfg.to_dict())
+        run.write_json("config.json", cfg.to_dict())
         evaluator = stack.enter_context(contextlib.closing(CurveEvaluator(
             make_env, cfg.task, cfg.eval_episodes, cfg.eval_num_envs, cfg.seed, cfg.num_workers, timers)))
         logger = stack.enter_context(run.logger(tuner.env_steps if resumed else None))
@@ -249,7 +243,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, make_env=None) -> dict:
         summary = {"task": cfg.task, "env_steps": tuner.env_steps, "iterations": tuner.iteration,
                    "grad_steps": tuner.grad_steps, **{f"final_{k}": v for k, v in tuner.last_eval.items()},
                    "seconds": dict(timers.seconds)}
-        run.write_json(SUMMARY_FILE, summary)
+        run.write_json("summary.json", summary)
         return summary
 
 
@@ -267,7 +261,7 @@ def _loop(tuner: Finetuner, run: TrainingRun, source, evaluator, logger, timers:
         bar.update(0, eval_success=tuner.last_eval["eval_success_rate"])
         if cfg.offline_data:
             source.fill_target(tuner.target)
-        while tuner.iteration < tuner.init_iterations:
+        while tuner.iteration < (0 if cfg.offline_data else math.ceil(cfg.n_init / cfg.num_envs)):
             before = tuner.env_steps
             tuner.absorb(source.collect(tuner.planner, tuner.gen_rollout))
             bar.update(tuner.env_steps - before)

@@ -34,7 +34,6 @@ from sodp_fast.train.runtime import Runtime, check_device, setup, teardown
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
-CONFIG_FILE = "config.json"
 STATE_KIND = "sodp_fast.pretrain_state"
 PretrainError = ConfigError  # unusable dataset or options for pre-training
 
@@ -227,15 +226,12 @@ def build_planner(cfg: PretrainConfig, obs_dim: int, action_dim: int) -> Diffusi
 
 
 @torch.no_grad()
-def fixed_batch_loss(planner: DiffusionPlanner, batch, seed: int = 0) -> float:
-    """Loss on a fixed batch with fixed k and ε: comparable across steps, runs and checkpoints."""
+def fixed_batch_loss(planner: DiffusionPlanner, batch, seed: int) -> float:
+    """Loss on a fixed batch with fixed k and ε: comparable across steps, runs and checkpoints (``planner`` is in
+    eval mode, as the EMA model always is)."""
     device = next(planner.parameters()).device
     obs, act = (x.to(device) for x in batch)
-    was_training = planner.training
-    planner.eval()
-    loss = planner.loss(obs, act, torch.Generator(device).manual_seed(seed))
-    planner.train(was_training)
-    return float(loss)
+    return float(planner.loss(obs, act, torch.Generator(device).manual_seed(seed)))
 
 
 def _data_key(summary: dict) -> dict:
@@ -255,7 +251,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Pretrainer:
             trainer = Pretrainer(planner, batches, cfg, runtime)
             if resumed is not None:
                 trainer.load(run.state_path, *resumed, data=_data_key(summary))
-            run.write_json(CONFIG_FILE, {"pretrain": cfg.to_dict(), "planner": planner.config.to_dict(),
+            run.write_json("config.json", {"pretrain": cfg.to_dict(), "planner": planner.config.to_dict(),
                                          "world_size": runtime.world_size, "device": str(runtime.device),
                                          "amp": str(runtime.amp_dtype), "data": summary})
             eval_batch = batches.sample(cfg.eval_batch, torch.Generator(batches.device).manual_seed(cfg.seed + 12345))

@@ -39,8 +39,7 @@ class _GroupRecord:
 
     def __init__(self):
         self.obs, self.latents, self.log_probs, self.rewards, self.actions = [], [], [], [], []
-        self.success = None
-        self.done = False
+        self.success, self.done = None, False
 
 
 class OnlineSource:
