@@ -34,9 +34,6 @@ class Chunks:
     def __len__(self) -> int:
         return self.rewards.shape[0]
 
-    def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.{f.name}": getattr(self, f.name) for f in fields(self)}
-
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str, device, config=None,
                      where="checkpoint") -> "Chunks":
@@ -49,10 +46,6 @@ class Chunks:
         if len({t.shape[0] for t in parts.values()}) != 1:
             raise CheckpointError(f"{where}: the tensors of {prefix} have different numbers of rows")
         return cls(**{k: v.to(device) for k, v in parts.items()})
-
-    @staticmethod
-    def cat(parts: list["Chunks"]) -> "Chunks":
-        return Chunks(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Chunks)))
 
 
 @dataclass
@@ -86,7 +79,7 @@ class ReplayBuffer:
         if self._all is None:
             if not self.parts:
                 raise RuntimeError("the replay buffer is empty")
-            self._all = Chunks.cat(list(self.parts))
+            self._all = Chunks(*(torch.cat([getattr(p, f.name) for p in self.parts]) for f in fields(Chunks)))
         return self._all
 
     def __len__(self) -> int:
@@ -102,7 +95,7 @@ class ReplayBuffer:
         return RowBatch(c.obs[chain], trans, step, c.log_probs[chain, step], advantages[chain], c.latents[chain, -1])
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {k: v for i, p in enumerate(self.parts) for k, v in p.to_tensors(f"replay.{i}").items()}
+        tensors = {f"replay.{i}.{f.name}": getattr(p, f.name) for i, p in enumerate(self.parts) for f in fields(p)}
         return tensors, {"parts": len(self.parts)}
 
     def load(self, tensors: dict, meta: dict, device, config=None, where="checkpoint") -> None:
