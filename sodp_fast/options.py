@@ -1,10 +1,6 @@
-"""Config dataclasses as command lines: one flag per field, typed from its annotation, help from the field.
-
-A config declares each field with ``opt`` (``steps: int = opt(500_000, "optimiser steps")``), in the spirit of
-CleanRL's ``Args``; ``add_flags`` turns the class into ``--steps`` etc. with that help and the default shown,
-``from_args`` builds the config back, and ``to_argv`` writes a config's values as flags again (for child
-processes and for the ``command.txt`` of a run). Values are validated by the config itself, so a bad flag is a
-one-line error before any work starts.
+"""Config dataclasses as command lines (in the spirit of CleanRL's ``Args``): one ``--flag`` per ``opt`` field,
+typed from its annotation; ``Options`` checks each field's ``choices`` and lower bound ``low`` on creation, so a
+bad value is a one-line error before any work starts.
 """
 from __future__ import annotations
 
@@ -14,13 +10,36 @@ import types
 import typing
 from dataclasses import MISSING, field
 
+from sodp_fast.errors import ConfigError, at_least
+
 _NOT_A_FLAG = "not_a_flag"
 
 
-def opt(default=MISSING, help: str = "", *, factory=MISSING, choices=None, flag: bool = True):
+def opt(default=MISSING, help: str = "", *, choices=None, low=None, flag: bool = True):
     """A dataclass field with its command-line help (``flag=False``: not on the command line)."""
-    meta = {"help": help, "choices": choices, _NOT_A_FLAG: not flag}
-    return field(default=default, default_factory=factory, metadata=meta)
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low, _NOT_A_FLAG: not flag})
+
+
+class Options:
+    """Base of the config dataclasses: ``choices`` and ``low`` of every field checked, ``to_dict`` for JSON."""
+
+    RESUMABLE: tuple[str, ...] = ()  # options a resumed run may change: they do not change what is computed
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value, choices, low = getattr(self, f.name), f.metadata.get("choices"), f.metadata.get("low")
+            if choices is not None and value not in choices:
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, not {value!r}")
+            if low is not None and value is not None:
+                at_least(value, low, f.name)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def _named(parse, name: str):
+    parse.__name__ = name  # argparse names the type in "invalid <name> value"
+    return parse
 
 
 def _int(text: str) -> int:
@@ -33,40 +52,26 @@ def _int(text: str) -> int:
         return int(f)
 
 
+_named(_int, "int")
+
+
 def parser_for(annotation):
     """text → value for a field annotation: int, float, str, X | None ('none'), tuple[X, ...] / list[X] (comma list)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType) and type(None) in args:
         inner = parser_for(next(a for a in args if a is not type(None)))
-
-        def optional(text: str):
-            return None if text.strip().lower() == "none" else inner(text)
-
-        optional.__name__ = f"{inner.__name__} or none"
-        return optional
+        return _named(lambda text: None if text.strip().lower() == "none" else inner(text), f"{inner.__name__} or none")
     if origin in (tuple, list):
         item = parser_for(args[0])
-
-        def comma_list(text: str):
-            return origin(item(s.strip()) for s in text.split(",") if s.strip())
-
-        comma_list.__name__ = f"comma list of {item.__name__}"
-        return comma_list
-    if annotation is int:
-        _int.__name__ = "int"
-        return _int
-    if annotation in (float, str):
-        return annotation
+        return _named(lambda text: origin(item(s.strip()) for s in text.split(",") if s.strip()),
+                      f"comma list of {item.__name__}")
+    if annotation in (int, float, str):
+        return _int if annotation is int else annotation
     raise TypeError(f"no command-line parser for {annotation!r}")
 
 
 def flag_fields(cls, skip=()) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.name not in skip and not f.metadata.get(_NOT_A_FLAG, True)]
-
-
-def _default(f: dataclasses.Field):
-    return f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING
-                                                       else MISSING)
 
 
 def _text(value) -> str:
@@ -75,27 +80,25 @@ def _text(value) -> str:
     return "none" if value is None else str(value)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls, skip=(), overrides: bool = False) -> None:
+def add_flags(parser: argparse.ArgumentParser, cls, overrides: bool = False) -> None:
     """``--field-name`` for every ``opt`` field of ``cls``. ``overrides=True``: flags change a given instance
     (a preset), so an absent flag leaves the attribute out of the namespace and the help says so."""
     hints = typing.get_type_hints(cls)
-    for f in flag_fields(cls, skip):
+    for f in flag_fields(cls):
         name, typ, help_ = "--" + f.name.replace("_", "-"), hints[f.name], f.metadata["help"]
-        default = _default(f)
         if typ is bool and not overrides:
-            if default:
-                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
-                                    help=f"turn off {help_}")
+            if f.default:
+                parser.add_argument("--no-" + name[2:], dest=f.name, action="store_false", help=f"turn off {help_}")
             else:
                 parser.add_argument(name, dest=f.name, action="store_true", help=help_)
             continue
         kw = dict(dest=f.name, type=parser_for(typ), choices=f.metadata["choices"], help=help_)
         if overrides:
             kw.update(default=argparse.SUPPRESS, metavar="VALUE")
-        elif default is MISSING:
+        elif f.default is MISSING:
             kw.update(required=True)
         else:
-            kw.update(default=default, help=f"{help_} (default: {_text(default)})")
+            kw.update(default=f.default, help=f"{help_} (default: {_text(f.default)})")
         parser.add_argument(name, **kw)
 
 
@@ -109,7 +112,7 @@ def to_argv(cls, values: dict, skip=(), explicit: bool = False) -> list[str]:
     """Flags that reproduce ``values`` (fields equal to their default are left out unless ``explicit``)."""
     hints, argv = typing.get_type_hints(cls), []
     for f in flag_fields(cls, skip):
-        if f.name not in values or (values[f.name] == _default(f) and not explicit):
+        if f.name not in values or (values[f.name] == f.default and not explicit):
             continue
         v, name = values[f.name], f.name.replace("_", "-")
         if hints[f.name] is bool:

@@ -1,19 +1,10 @@
-"""``sodp repro``: the paper's learning results as one resumable pipeline.
+"""``sodp repro``: data → pre-train → evaluate → (fine-tune → evaluate) per task, seed and regulariser → report.
 
-data → pre-train → evaluate → (fine-tune → evaluate) per task, seed and regulariser → report.
-
-Every stage writes its artefact atomically and then a completion marker ``OUT/stages/<stage>.json`` (a short
-summary and the wall time of the invocation that finished the stage). A rerun with the same options skips every stage with a marker; a stage
-that was killed midway resumes through its own mechanism: data generation skips finished tasks,
-pre-training and fine-tuning continue from their last checkpoint (``resume=True``), evaluations simply rerun
-(they are short). ``OUT/repro.json`` pins the options: a rerun with options that would change what finished
-stages computed is refused instead of silently mixing two configurations.
-
-The before/after comparison is paired: the pre-trained and every fine-tuned planner are evaluated with the
-same seeds, hence on the same goals and initial states (``sodp_fast.eval``).
-
-Outputs: ``results.json``, ``results.md`` (table), ``curves.png`` (success vs env steps), ``command.txt``
-and ``machine.txt`` (one block per invocation, so a resumed run shows every machine it ran on).
+Every stage writes its artefact atomically, then a marker ``OUT/stages/<stage>.json`` (summary, wall time). A
+rerun skips every stage with a marker; a killed stage resumes through its own mechanism (data generation skips
+finished tasks, training continues from its last checkpoint, evaluations rerun). ``OUT/repro.json`` pins the
+options, so a rerun cannot silently mix two configurations. Before/after evaluations are paired: the same seeds,
+hence the same goals and initial states. ``command.txt`` and ``machine.txt`` get one block per invocation.
 """
 from __future__ import annotations
 
@@ -33,8 +24,9 @@ import numpy as np
 
 from sodp_fast.atomic import write_json, write_text
 from sodp_fast.envs.tasks import DIFFICULTY, resolve_tasks
-from sodp_fast.errors import ConfigError, at_least
-from sodp_fast.options import opt
+from sodp_fast.errors import ConfigError
+from sodp_fast.nn.unet import PRESETS as UNETS
+from sodp_fast.options import Options, opt
 from sodp_fast.train.run import Progress, RunFolder, check_config
 from sodp_fast.train.runtime import check_device
 
@@ -43,7 +35,7 @@ ReproError = ConfigError  # unusable preset, options, or an output folder holdin
 
 
 @dataclass(frozen=True)
-class Preset:
+class Preset(Options):
     """What one reproduction run computes. ``budget`` explains the numbers (printed by ``--dry-run``).
 
     ``seeds`` are the fine-tuning seeds, each evaluated with its own seed; data and pre-training use seed 0,
@@ -52,32 +44,32 @@ class Preset:
 
     name: str = opt(flag=False)
     tasks: tuple[str, ...] = opt(help="tasks (comma list or set name)")
-    transitions_per_task: int = opt(help="pre-training data per task (paper: 1 M)")
-    unet: str = opt(help="U-Net preset: tiny | small | default (paper)")
-    pretrain_steps: int = opt(help="pre-training steps (paper: 5e5)")
-    pretrain_batch: int = opt(help="pre-training batch (paper: 256)")
+    transitions_per_task: int = opt(help="pre-training data per task (paper: 1 M)", low=1)
+    unet: str = opt(help="U-Net preset: tiny | small | default (paper)", choices=sorted(UNETS))
+    pretrain_steps: int = opt(help="pre-training steps (paper: 5e5)", low=1)
+    pretrain_batch: int = opt(help="pre-training batch (paper: 256)", low=1)
     pretrain_lr: float = opt(help="pre-training learning rate (paper: 1e-4)")
-    finetune_env_steps: int = opt(help="env steps per (task, seed, regulariser) (paper: 1e6; Table 2: 1e5)")
-    finetune_num_envs: int = opt(help="envs per rollout iteration")
-    finetune_grad_steps: int = opt(help="gradient steps per rollout iteration")
-    finetune_n_init: int = opt(help="N_init: pre-trained rollouts that seed the buffers (paper: 10 or 20)")
+    finetune_env_steps: int = opt(help="env steps per (task, seed, regulariser) (paper: 1e6; Table 2: 1e5)", low=1)
+    finetune_num_envs: int = opt(help="envs per rollout iteration", low=1)
+    finetune_grad_steps: int = opt(help="gradient steps per rollout iteration", low=1)
+    finetune_n_init: int = opt(help="N_init: pre-trained rollouts that seed the buffers (paper: 10 or 20)", low=1)
     finetune_lr: float = opt(help="fine-tuning learning rate (paper: 1e-5)")
-    finetune_eval_every: int = opt(help="env steps between learning-curve points")
-    finetune_eval_episodes: int = opt(help="episodes per learning-curve point")
-    eval_episodes: int = opt(help="before/after evaluation episodes per task and seed (paper: 50)")
+    finetune_eval_every: int = opt(help="env steps between learning-curve points", low=1)
+    finetune_eval_episodes: int = opt(help="episodes per learning-curve point", low=1)
+    eval_episodes: int = opt(help="before/after evaluation episodes per task and seed (paper: 50)", low=1)
     seeds: tuple[int, ...] = opt(help="fine-tuning (and paired evaluation) seeds, comma list (paper: 3)")
     ablation_task: str | None = opt(help="fine-tuned a second time with --reg none (paper §5.4); none: no ablation")
-    max_episode_steps: int = opt(500, "episode length")
-    data_workers: int = opt(2, "processes generating data (0: in-process)")
-    env_workers: int | None = opt(None, "env processes in fine-tuning/eval (none: one per core, 0: in-process)")
+    max_episode_steps: int = opt(500, "episode length", low=1)
+    data_workers: int = opt(2, "processes generating data (0: in-process)", low=0)
+    env_workers: int | None = opt(None, "env processes in fine-tuning/eval (none: one per core, 0: in-process)", low=0)
     device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
     smoke: bool = opt(False, flag=False)
     budget: str = opt("", flag=False)
 
-    # Options that do not change what is computed, so they may differ on a resumed run.
     RESUMABLE = ("data_workers", "env_workers", "device", "budget", "smoke")
 
     def __post_init__(self):
+        super().__post_init__()
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen: normalise in place)
         set_("tasks", tuple(resolve_tasks(list(self.tasks))))
         set_("seeds", tuple(int(s) for s in self.seeds))
@@ -86,23 +78,9 @@ class Preset:
             if self.ablation_task not in self.tasks:
                 raise ReproError(f"ablation task {self.ablation_task} is not among the tasks "
                                  f"({', '.join(self.tasks)}); pick one of them or 'none'")
-        from sodp_fast.nn.unet import PRESETS as UNETS
-
-        if self.unet not in UNETS:
-            raise ReproError(f"unknown U-Net preset {self.unet!r}; choose one of {', '.join(sorted(UNETS))}")
-        for k in ("transitions_per_task", "pretrain_steps", "pretrain_batch", "finetune_env_steps",
-                  "finetune_num_envs", "finetune_grad_steps", "finetune_n_init", "finetune_eval_every",
-                  "finetune_eval_episodes", "eval_episodes", "max_episode_steps"):
-            at_least(getattr(self, k), 1, k)
-        at_least(self.data_workers, 0, "data_workers")
-        if self.env_workers is not None:
-            at_least(self.env_workers, 0, "env_workers")
         if not self.seeds:
             raise ReproError("need at least one seed")
         check_device(self.device)
-
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
     def finetune_runs(self) -> list[tuple[str, str, int]]:
         """(task, regulariser, seed) of every fine-tuning run: SODP (bc) on each task, then the ablation."""
@@ -227,15 +205,15 @@ class Pipeline:
             Stage("pretrain", f"{p.unet} U-Net, {p.pretrain_steps:,} steps × batch {p.pretrain_batch}, "
                   f"lr {p.pretrain_lr:g}", self._pretrain, self.pretrain_dir / pt.STATE_FILE),
             Stage("eval-pretrained", f"{len(p.tasks)} tasks × {len(p.seeds)} seeds × {p.eval_episodes} episodes",
-                  self._eval_pretrained),
+                  partial(self._evaluate, self.pretrain_dir / pt.MODEL_FILE, list(p.tasks), p.seeds, "pretrained")),
         ]
         for task, reg, seed in p.finetune_runs():
             label = run_label(task, reg, seed)
             out.append(Stage(f"finetune/{label}", f"{p.finetune_env_steps:,} env steps, {p.finetune_num_envs} "
                              f"envs, {p.finetune_grad_steps} grad steps/iteration, lr {p.finetune_lr:g}, reg {reg}",
                              partial(self._finetune, task, reg, seed), self.finetune_dir / label / ft.STATE_FILE))
-            out.append(Stage(f"eval/{label}", f"{p.eval_episodes} episodes, seed {seed}",
-                             partial(self._eval_finetuned, task, reg, seed)))
+            out.append(Stage(f"eval/{label}", f"{p.eval_episodes} episodes, seed {seed}", partial(
+                self._evaluate, self.finetune_dir / label / ft.MODEL_FILE, [task], (seed,), label)))
         out.append(Stage("report", "results.json, results.md, curves.png", self._report))
         return out
 
@@ -260,33 +238,24 @@ class Pipeline:
         trainer = pretrain(cfg, resume=(self.pretrain_dir / STATE_FILE).exists())
         return {"steps": trainer.step}
 
-    def _load(self, path: Path):
+    def _evaluate(self, ckpt: Path, tasks: list[str], seeds: tuple[int, ...], name: str) -> dict:
+        """Evaluate ``ckpt`` into ``eval/<name>.json``."""
         from sodp_fast.checkpoint import load_planner
         from sodp_fast.envs.metaworld import ACTION_DIM, OBS_DIM
+        from sodp_fast.eval import evaluate_tasks
         from sodp_fast.train.runtime import resolve_device
 
-        planner, _, _ = load_planner(path, resolve_device(self.p.device),
-                                     expect={"obs_dim": OBS_DIM, "action_dim": ACTION_DIM})
-        return planner
-
-    def _evaluate(self, ckpt: Path, tasks: list[str], seeds: tuple[int, ...], dest: Path) -> dict:
-        from sodp_fast.eval import evaluate_tasks
-
         p = self.p
+        planner, _, _ = load_planner(ckpt, resolve_device(p.device), expect={"obs_dim": OBS_DIM,
+                                                                            "action_dim": ACTION_DIM})
         bar = Progress(len(tasks) * len(seeds), "evaluate", "evaluation", enabled=self.progress, interval=0)
-        res = evaluate_tasks(self._load(ckpt), tasks, p.eval_episodes, seeds, num_workers=p.env_workers,
+        res = evaluate_tasks(planner, tasks, p.eval_episodes, seeds, num_workers=p.env_workers,
                              max_episode_steps=p.max_episode_steps,
                              progress=lambda r: bar.update(1, **{r["task"]: r["success_rate"]}))
         bar.close()
         res["checkpoint"] = str(ckpt)
-        write_json(dest, res)
+        write_json(self.eval_dir / f"{name}.json", res)
         return {t: round(r["success_mean"], 3) for t, r in res["tasks"].items()}
-
-    def _eval_pretrained(self) -> dict:
-        from sodp_fast.train.pretrain import MODEL_FILE
-
-        return self._evaluate(self.pretrain_dir / MODEL_FILE, list(self.p.tasks), self.p.seeds,
-                              self.eval_dir / "pretrained.json")
 
     def _finetune(self, task: str, reg: str, seed: int) -> dict:
         from sodp_fast.train.finetune import STATE_FILE, FinetuneConfig, finetune
@@ -302,13 +271,6 @@ class Pipeline:
                              ckpt_every=p.finetune_eval_every, seed=seed, device=p.device, progress=self.progress)
         summary = finetune(cfg, resume=(run / STATE_FILE).exists())
         return {k: summary[k] for k in ("env_steps", "iterations", "grad_steps")}
-
-    def _eval_finetuned(self, task: str, reg: str, seed: int) -> dict:
-        from sodp_fast.train.finetune import MODEL_FILE
-
-        label = run_label(task, reg, seed)
-        return self._evaluate(self.finetune_dir / label / MODEL_FILE, [task], (seed,),
-                              self.eval_dir / f"{label}.json")
 
     def _report(self) -> dict:
         results = collect_results(self)
@@ -352,9 +314,10 @@ def collect_results(pipe: Pipeline) -> dict:
 
     seconds = {s.name: json.loads(pipe.marker(s.name).read_text())["seconds"] for s in pipe.stages()
                if pipe.marker(s.name).exists()}
-    return {"preset": p.to_dict(), "goal_points": None if p.smoke else GOAL_POINTS, "tasks": [row(t, "bc") for t in p.tasks],
-            "ablation": ({"task": p.ablation_task, "rows": [row(p.ablation_task, r) for r in ("bc", "none")]}
-                         if p.ablation_task else None),
+    ablation = ({"task": p.ablation_task, "rows": [row(p.ablation_task, r) for r in ("bc", "none")]}
+                if p.ablation_task else None)
+    return {"preset": p.to_dict(), "goal_points": None if p.smoke else GOAL_POINTS,
+            "tasks": [row(t, "bc") for t in p.tasks], "ablation": ablation,
             "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1)}
 
 
@@ -390,7 +353,8 @@ def results_markdown(res: dict) -> str:
     missed = [f"{r['task']} ({r['delta_points']:+.1f})" for r in res["tasks"] if r["goal_met"] is False]
     if res["goal_points"] is not None:
         lines += ["", f"Goal (+{res['goal_points']:.0f} points per task): met on {len(met)} of {len(res['tasks'])} "
-                  f"tasks{': ' + ', '.join(met) if met else ''}" + (f"; NOT met: {', '.join(missed)}." if missed else ".")]
+                  f"tasks{': ' + ', '.join(met) if met else ''}"
+                  + (f"; NOT met: {', '.join(missed)}." if missed else ".")]
     else:
         lines += ["", "Set-up check passed: every stage ran and wrote its files (no goal applies to a smoke test)."]
     if res["ablation"]:
@@ -430,9 +394,7 @@ def plot_curves(pipe: Pipeline, res: dict, out: Path) -> None:
                             label=label if style == "-o" else None)
         ax.axhline(before[task], color="grey", linestyle=":", label="pre-trained")
         ax.set_title(f"{task} ({DIFFICULTY[task]})" + (": BC vs none" if len(regs) > 1 else ""), fontsize=10)
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("success rate")
-        ax.set_ylim(-0.03, 1.03)
+        ax.set(xlabel="env steps", ylabel="success rate", ylim=(-0.03, 1.03))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("solid: evaluation (deterministic DDIM); dashed: training rollouts; dotted: pre-trained planner",
@@ -443,17 +405,6 @@ def plot_curves(pipe: Pipeline, res: dict, out: Path) -> None:
 # -- running ------------------------------------------------------------------------------------------------
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def check_options(preset: Preset, out: Path) -> None:
-    """Pin the options in ``OUT/repro.json``; refuse a rerun whose options would change finished work."""
-    from sodp_fast.data.format import read_json
-
-    path = out / "repro.json"
-    new = preset.to_dict()
-    if path.exists():
-        check_config(read_json(path).get("preset", {}), new, Preset.RESUMABLE, out)
-    write_json(path, {"preset": new, "updated": _now()})
 
 
 def machine_block(device: str) -> str:
@@ -491,9 +442,13 @@ def describe(pipe: Pipeline) -> str:
 
 def run(preset: Preset, out: str | Path, progress: bool = True, command: str | None = None) -> dict:
     """Run the pipeline's unfinished stages in order; returns ``results.json``'s content."""
+    from sodp_fast.data.format import read_json
+
     with RunFolder(out) as folder:
-        out = folder.path
-        check_options(preset, out)
+        out, pinned = folder.path, folder.path / "repro.json"  # the options; a rerun may not change finished work
+        if pinned.exists():
+            check_config(read_json(pinned).get("preset", {}), preset.to_dict(), Preset.RESUMABLE, out)
+        write_json(pinned, {"preset": preset.to_dict(), "updated": _now()})
         command = command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
         folder.append_text("command.txt", f"# {_now()}\n{command}\n")
         folder.append_text("machine.txt", machine_block(preset.device) + "\n")

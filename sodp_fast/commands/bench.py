@@ -9,7 +9,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("bench", help="throughput benchmarks (GPU or CPU)")
     sub = p.add_subparsers(dest="bench_command", required=True)
-    s = sub.add_parser("sampler", help="DDIM chain samples/s: eager vs diffusers vs torch.compile vs fused ops (+ CUDA graph)")
+    s = sub.add_parser("sampler", help="DDIM chain samples/s: eager vs diffusers vs torch.compile vs fused ops "
+                       "(+ CUDA graph)")
     add_sampler_args(s)
     s.set_defaults(func=_sampler)
 

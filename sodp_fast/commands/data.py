@@ -16,8 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     g = sub.add_parser("generate", help="noisy scripted-expert Meta-World data (resumable)")
     g.add_argument("--tasks", required=True, help="task names, comma list, or mt10 / paper-mt10 / mt50")
-    g.add_argument("--transitions-per-task", type=INT, required=True,
-                   help="rounded up to whole episodes")
+    g.add_argument("--transitions-per-task", type=INT, required=True, help="rounded up to whole episodes")
     g.add_argument("--out", required=True, help="dataset folder")
     g.add_argument("--workers", type=INT, default=1, help="processes (tasks in parallel); 0 = in-process")
     g.add_argument("--seed", type=INT, default=0)

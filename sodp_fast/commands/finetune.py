@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from sodp_fast.options import add_flags, from_args, to_argv
@@ -56,36 +55,28 @@ def _last_error(log: Path) -> str:
 
 
 def run_many(args: argparse.Namespace, cfg: FinetuneConfig, tasks: list[str]) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     from sodp_fast.train.run import RunFolder
 
     with RunFolder(args.out) as root:
         gpus = torch.cuda.device_count()
-        parallel = args.parallel or max(gpus, 1)
         argv = to_argv(FinetuneConfig, cfg.to_dict(), skip=("out",)) + (["--resume"] if args.resume else [])
-        queue, running, codes = list(tasks), {}, {}
-        slot = 0
-        while queue or running:
-            while queue and len(running) < parallel:
-                task = queue.pop(0)
-                env = dict(os.environ)
-                if gpus:
-                    env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-                slot += 1
-                log = open(root.path / f"{task}.log", "w")
-                cmd = [sys.executable, "-m", "sodp_fast.cli", "finetune", *argv, "--task", task,
-                       "--out", str(root.path / task)]
-                running[task] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
-            time.sleep(0.2)
-            for task, (proc, log) in list(running.items()):
-                if proc.poll() is not None:
-                    log.close()
-                    codes[task] = proc.returncode
-                    del running[task]
-                    done = "done" if proc.returncode == 0 else \
-                        f"FAILED (exit {proc.returncode}): {_last_error(root.path / f'{task}.log')}"
-                    print(f"{task}: {done}", flush=True)
+
+        def child(slot: int, task: str) -> int:  # one task's process; its output in RUN/<task>.log
+            env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(slot % gpus)} if gpus else {})}
+            cmd = [sys.executable, "-m", "sodp_fast.cli", "finetune", *argv, "--task", task, "--out", root.path / task]
+            log = root.path / f"{task}.log"
+            with open(log, "w") as out:
+                code = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+            done = "done" if code == 0 else f"FAILED (exit {code}): {_last_error(log)}"
+            print(f"{task}: {done}", flush=True)
+            return code
+
+        with ThreadPoolExecutor(args.parallel or max(gpus, 1)) as pool:
+            codes = dict(zip(tasks, pool.map(child, range(len(tasks)), tasks)))
         print(summarize(root, tasks, codes))
     return 0 if all(c == 0 for c in codes.values()) else 1
 

@@ -12,7 +12,8 @@ from sodp_fast.train.pretrain import PretrainConfig
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("pretrain", help="pre-train the planner on a multi-task dataset",
-                              description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__.replace("``", ""),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flags(p, PretrainConfig)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=run)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from sodp_fast.options import add_flags, from_args, to_argv
-from sodp_fast.repro import PRESETS, Preset
+from sodp_fast.options import add_flags, flag_fields, to_argv
+from sodp_fast.repro import PRESETS, Preset, get_preset
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,10 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def preset_from_args(args: argparse.Namespace) -> Preset:
-    import dataclasses
-
-    return from_args(args, Preset, **{f.name: getattr(PRESETS[args.preset], f.name)
-                                      for f in dataclasses.fields(Preset) if not hasattr(args, f.name)})
+    overrides = {f.name: getattr(args, f.name) for f in flag_fields(Preset) if hasattr(args, f.name)}
+    return get_preset(args.preset, **overrides)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,17 +1,13 @@
 """The two buffers of SODP fine-tuning (Algorithm 1): the replay buffer B and the target buffer B_target.
 
-* **B** holds chunks as the sampler produced them: observation history, the whole denoising chain (S + 1
-  latents), the S old log-probs and the chunk reward r(a⁰). The PPO loss (Eq. 12) is an importance-sampling
-  estimate around the policy that drew the chains, so only recent chains carry a useful ratio: B keeps the
-  chunks of the last ``capacity`` rollout iterations (default 1, i.e. on-policy PPO; older chains mostly fall
-  outside the clip band and contribute no gradient). Minibatches are drawn jointly over chains × denoising
-  steps, as DPPO does, so one batch mixes steps of many chains.
-* **B_target** works at trajectory level (paper §3.2: "we utilize a trajectory-level buffer"). It keeps the
-  ``capacity`` most proficient trajectories seen so far, ranked by (success, return): successful episodes
-  first, and among equals the higher return, so before any success it holds the top-n by return. BC pairs
-  are (observation history at a chunk start, the Tp actions actually executed from there), padded with the
-  last action at the episode end as pre-training windows are. Executed actions rather than the planned a⁰:
-  they are what produced the return that made the trajectory proficient.
+* **B** holds chunks as the sampler produced them: observation history, the denoising chain (S + 1 latents),
+  the S old log-probs and the chunk reward r(a⁰). PPO (Eq. 12) is an importance-sampling estimate around the
+  policy that drew the chains, so B keeps only the last ``capacity`` rollout iterations (default 1: on-policy;
+  older chains mostly fall outside the clip band). Minibatches mix chains × denoising steps, as in DPPO.
+* **B_target** is trajectory-level (paper §3.2): the ``capacity`` most proficient trajectories so far, ranked by
+  (success, return). BC pairs are (observation history at a chunk start, the Tp actions executed from there),
+  padded with the last action as pre-training windows are. Executed rather than planned actions: they are what
+  earned the return that made the trajectory proficient.
 """
 from __future__ import annotations
 
@@ -38,30 +34,18 @@ class Chunks:
     def __len__(self) -> int:
         return self.rewards.shape[0]
 
-    def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.{f.name}": getattr(self, f.name) for f in fields(self)}
-
-    @staticmethod
-    def shapes(c) -> dict[str, tuple]:
-        """Row shapes for planner config ``c`` (None: any size)."""
-        if c is None:
-            return {f.name: None for f in fields(Chunks)}
-        return {"obs": (None, c.n_obs_steps, c.obs_dim), "latents": (None, c.ddim_steps + 1, c.horizon, c.action_dim),
-                "log_probs": (None, c.ddim_steps), "rewards": (None,), "returns": (None,), "index": (None,)}
-
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str, device, config=None,
                      where="checkpoint") -> "Chunks":
-        """Checked against ``config`` (a PlannerConfig) before use: a mis-shaped buffer is a CheckpointError."""
-        shapes = cls.shapes(config)
-        parts = {f.name: tensor(tensors, f"{prefix}.{f.name}", where, shapes[f.name]) for f in fields(cls)}
+        """Checked against ``config`` (a PlannerConfig; None: any shapes): a mis-shaped buffer is a CheckpointError."""
+        c = config
+        shapes = {} if c is None else {
+            "obs": (None, c.n_obs_steps, c.obs_dim), "latents": (None, c.ddim_steps + 1, c.horizon, c.action_dim),
+            "log_probs": (None, c.ddim_steps), "rewards": (None,), "returns": (None,), "index": (None,)}
+        parts = {f.name: tensor(tensors, f"{prefix}.{f.name}", where, shapes.get(f.name)) for f in fields(cls)}
         if len({t.shape[0] for t in parts.values()}) != 1:
             raise CheckpointError(f"{where}: the tensors of {prefix} have different numbers of rows")
         return cls(**{k: v.to(device) for k, v in parts.items()})
-
-    @staticmethod
-    def cat(parts: list["Chunks"]) -> "Chunks":
-        return Chunks(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Chunks)))
 
 
 @dataclass
@@ -95,7 +79,7 @@ class ReplayBuffer:
         if self._all is None:
             if not self.parts:
                 raise RuntimeError("the replay buffer is empty")
-            self._all = Chunks.cat(list(self.parts))
+            self._all = Chunks(*(torch.cat([getattr(p, f.name) for p in self.parts]) for f in fields(Chunks)))
         return self._all
 
     def __len__(self) -> int:
@@ -108,13 +92,10 @@ class ReplayBuffer:
         rows = torch.randint(0, len(c) * s, (batch_size,), device=c.rewards.device, generator=generator)
         chain, step = rows // s, rows % s
         trans = torch.stack([c.latents[chain, step], c.latents[chain, step + 1]], 1)
-        return RowBatch(c.obs[chain], trans, step, c.log_probs[chain, step], advantages[chain],
-                        c.latents[chain, -1])
+        return RowBatch(c.obs[chain], trans, step, c.log_probs[chain, step], advantages[chain], c.latents[chain, -1])
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {}
-        for i, p in enumerate(self.parts):
-            tensors.update(p.to_tensors(f"replay.{i}"))
+        tensors = {f"replay.{i}.{f.name}": getattr(p, f.name) for i, p in enumerate(self.parts) for f in fields(p)}
         return tensors, {"parts": len(self.parts)}
 
     def load(self, tensors: dict, meta: dict, device, config=None, where="checkpoint") -> None:
@@ -122,9 +103,7 @@ class ReplayBuffer:
         if not isinstance(parts, int) or not 0 <= parts <= self.capacity:
             raise CheckpointError(f"{where}: replay buffer of {parts!r} parts, capacity {self.capacity}")
         loaded = [Chunks.from_tensors(tensors, f"replay.{i}", device, config, where) for i in range(parts)]
-        self.parts.clear()
-        for chunks in loaded:
-            self.add(chunks)
+        self.parts, self._all = deque(loaded, maxlen=self.capacity), None
 
 
 @dataclass(eq=False)
@@ -135,10 +114,6 @@ class Trajectory:
     actions: torch.Tensor  # [L, A] executed actions; chunk c starts at step c·Ta
     ret: float
     success: bool
-
-    @property
-    def rank(self) -> tuple[bool, float]:
-        return self.success, self.ret
 
 
 class TargetBuffer:
@@ -156,27 +131,25 @@ class TargetBuffer:
 
     def offer(self, traj: Trajectory) -> bool:
         """Keep ``traj`` if it ranks among the best ``capacity``; True if it was kept. Ties keep the older."""
-        ranked = sorted(self.trajectories + [traj], key=lambda t: t.rank, reverse=True)  # stable
+        ranked = sorted(self.trajectories + [traj], key=lambda t: (t.success, t.ret), reverse=True)  # stable
         kept = any(t is traj for t in ranked[: self.capacity])
         if kept:
             self.trajectories = ranked[: self.capacity]
             self._pairs = None
         return kept
 
-    def windows(self, traj: Trajectory) -> tuple[torch.Tensor, torch.Tensor]:
-        """(obs [C, To, D], actions [C, Tp, A]) of one trajectory; the plan is padded with the last action."""
-        n_chunks, length = traj.obs.shape[0], traj.actions.shape[0]
-        starts = torch.arange(n_chunks, device=traj.actions.device) * self.n_action_steps
-        idx = (starts[:, None] + torch.arange(self.horizon, device=starts.device)).clamp(max=length - 1)
-        return traj.obs, traj.actions[idx]
-
     @property
     def pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(obs [N, To, D], actions [N, Tp, A]) at every chunk start; plans are padded with the last action."""
         if self._pairs is None:
             if not self.trajectories:
                 raise RuntimeError("the target buffer is empty")
-            obs, act = zip(*(self.windows(t) for t in self.trajectories))
-            self._pairs = torch.cat(obs), torch.cat(act)
+            plans = []
+            for t in self.trajectories:
+                starts = torch.arange(t.obs.shape[0], device=t.actions.device) * self.n_action_steps
+                idx = (starts[:, None] + torch.arange(self.horizon, device=starts.device)).clamp(max=len(t.actions) - 1)
+                plans.append(t.actions[idx])
+            self._pairs = torch.cat([t.obs for t in self.trajectories]), torch.cat(plans)
         return self._pairs
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,9 +163,8 @@ class TargetBuffer:
                 "target_success_share": sum(t.success for t in self.trajectories) / max(len(rets), 1)}
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {}
-        for i, t in enumerate(self.trajectories):
-            tensors[f"target.{i}.obs"], tensors[f"target.{i}.actions"] = t.obs, t.actions
+        tensors = {f"target.{i}.{k}": v for i, t in enumerate(self.trajectories) for k, v in
+                   (("obs", t.obs), ("actions", t.actions))}
         return tensors, {"trajectories": [[t.ret, t.success] for t in self.trajectories]}
 
     def load(self, tensors: dict, meta: dict, device, config=None, where="checkpoint") -> None:

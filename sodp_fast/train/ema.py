@@ -13,21 +13,16 @@ import torch
 from torch import nn
 
 
-def ema_decay(step: int, power: float = 0.75, max_decay: float = 0.9999) -> float:
-    """Decay used for the update after optimiser step ``step`` (1-based)."""
-    return min(max(0.0, 1.0 - (1.0 + step) ** -power), max_decay)
-
-
 class EMA:
     """A frozen copy of ``model`` updated in place after every optimiser step (one fused kernel per dtype)."""
 
     def __init__(self, model: nn.Module, power: float = 0.75, max_decay: float = 0.9999):
         self.power, self.max_decay = power, max_decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self._ema = [p for p in self.model.parameters()]
-        self._src = [p for p in model.parameters()]
+        self._ema, self._src = list(self.model.parameters()), list(model.parameters())
 
     @torch.no_grad()
     def update(self, step: int) -> None:
-        weight = 1.0 - ema_decay(step, self.power, self.max_decay)
+        """After optimiser step ``step`` (1-based)."""
+        weight = 1.0 - min(max(0.0, 1.0 - (1.0 + step) ** -self.power), self.max_decay)
         torch._foreach_lerp_(self._ema, [p.detach() for p in self._src], weight)

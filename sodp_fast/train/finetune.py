@@ -1,76 +1,59 @@
-"""Task-guided RL fine-tuning of a pre-trained planner (paper §3.2, Algorithm 1 second loop, B.3).
+"""Task-guided RL fine-tuning of a pre-trained planner (paper §3.2, Algorithm 1 second loop, B.3), top to bottom:
 
-The data path, top to bottom:
+1. **Init**: ``ceil(n_init / num_envs)`` rollout iterations of the pre-trained planner fill B and B_target without
+   updating; ``from_scratch`` (SODP_scratch, §5.5) then re-initialises the weights, keeping those buffers (as in
+   the paper) and the observation statistics (data, not learned).
+2. **Rollout** (``rollout.py``): every env plays one whole episode; every chunk's chain and log-probs are stored.
+3. **Buffers** (``buffers.py``): B ← the last ``replay_iterations`` iterations; B_target ← the proficient episodes.
+4. **Update** (``losses.py``): ``grad_steps`` (p_step) Adam steps on L_imp (Eq. 12) + λ · regulariser. p_step
+   counts per iteration: with ``num_envs = 1`` the paper's "p_step gradient steps per episode".
+5. **Eval** (deterministic DDIM on fresh envs with a fixed seed, so every point of a curve sees the same
+   episodes) and **checkpoint**, both at iteration boundaries.
 
-1. **Init.** The planner starts as a copy of the pre-trained one. ``ceil(n_init / num_envs)`` rollout
-   iterations (≥ n_init episodes) fill B and B_target without updating. ``from_scratch`` (SODP_scratch,
-   §5.5) then re-initialises the weights with the same config: as in the paper, its buffers start from the
-   *pre-trained* model's rollouts (the normaliser's observation statistics are kept: they are data, not
-   learned).
-2. **Rollout** (``rollout.OnlineSource``): one iteration = every env plays one whole episode with the current
-   policy; one batched ``planner.sample`` per chunk for all envs, the chain, its log-probs and the chunk
-   reward (sum of the Ta executed rewards, γ = 1) stored per chunk.
-3. **Buffers** (``buffers.py``): B ← the iteration's chunks (B keeps the last ``replay_iterations``
-   iterations); B_target ← each episode if it ranks among the ``target_size`` most proficient.
-4. **Update**: ``grad_steps`` (p_step) Adam steps on L_imp (Eq. 12, PPO clip over chains × denoising steps,
-   ``batch_size`` transitions) + ``reg_weight`` · regulariser (BC Eq. 14 by default; KL Eq. 23, PL Eq. 24 or
-   none: ``losses.py``); gradient-norm clipping; lr = lr₀ · lr_decay^iteration (exponential decay per
-   iteration). p_step counts per iteration, i.e. per episode of every env: with ``num_envs = 1`` this is the
-   paper's "p_step gradient steps per episode"; more envs give fewer updates per env step. The chunk reward
-   enters L_imp through ``reward_norm``; the default ``step`` subtracts the mean reward of the same chunk
-   index over the envs (so it needs ``num_envs`` ≥ 2), which removes the reward's growth through a Meta-World
-   episode (``losses.py`` says why).
-5. **Eval** every ``eval_every`` env steps (deterministic DDIM, fresh eval envs with a fixed seed, so every
-   point of a learning curve sees the same episodes) and **checkpoint** every ``ckpt_every`` env steps, both
-   at iteration boundaries.
-
-Resume: a checkpoint holds the weights, Adam's moments, the two RNG states, both buffers and the counters;
-env episode seeds derive from (seed, env, episode index), so a resumed run re-creates identical envs by
-seeking to the iteration index, and ends bit-identical (on CPU) to a run that never stopped. Evaluation never
-touches the training RNG.
+Resume: env episode seeds derive from (seed, env, episode index), so a resumed run seeks its envs to the
+iteration and ends bit-identical (on CPU) to one that never stopped. Evaluation never touches the training RNG.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from sodp_fast.checkpoint import load_planner, planner_from_state, save_planner
-from sodp_fast.errors import CheckpointError, ConfigError, DivergedError, at_least
+from sodp_fast.errors import CheckpointError, ConfigError, DivergedError
 from sodp_fast.eval import CurveEvaluator
-from sodp_fast.options import opt
+from sodp_fast.options import Options, opt
 from sodp_fast.policy import DiffusionPlanner
 from sodp_fast.train.buffers import ReplayBuffer, TargetBuffer
 from sodp_fast.train.losses import (LOG_RATIOS, REGULARIZERS, REWARD_NORMS, SIGNALS, RunningMoments,
                                     chunk_advantages, chunk_signal, improvement_loss, regularizer)
 from sodp_fast.train.rollout import Episode, OnlineSource
-from sodp_fast.train.run import (Progress, Timers, TrainingRun, generator_state, load_generator_state,
+from sodp_fast.train.run import (Progress, Timers, TrainingRun, load_generator_state,
                                  load_optimizer_state, optimizer_state, record)
 from sodp_fast.train.runtime import check_device, resolve_device
 
 STATE_FILE = "state.safetensors"
 MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
 STATE_KIND = "sodp_fast.finetune_state"
 FinetuneError = ConfigError  # unusable options, checkpoint or run folder for fine-tuning
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Options):
     out: str = opt(help="run folder")
     task: str = opt(flag=False)  # --task / --tasks are the command's (one run, or one process per task)
     ckpt: str | None = opt(None, "pre-trained planner (.safetensors); required unless resuming")
-    env_steps: int = opt(1_000_000, "env steps of fine-tuning (init rollouts included)")
-    num_envs: int = opt(8, "parallel envs per rollout iteration")
-    env_groups: int = opt(1, "env groups pipelined so stepping overlaps sampling (1 = no overlap; rollout.py)")
-    num_workers: int | None = opt(None, "env worker processes in all (none: one per CPU core; 0: in-process)")
-    max_episode_steps: int = opt(500, "episode length")
-    n_init: int = opt(10, "N_init: initial rollouts that fill B and B_target")
-    grad_steps: int = opt(10, "p_step: gradient steps per rollout iteration")
-    batch_size: int = opt(256, "transitions (chain x step) per gradient step; also the BC batch")
+    env_steps: int = opt(1_000_000, "env steps of fine-tuning (init rollouts included)", low=1)
+    num_envs: int = opt(8, "parallel envs per rollout iteration", low=1)
+    env_groups: int = opt(1, "env groups pipelined so stepping overlaps sampling (1 = no overlap; rollout.py)", low=1)
+    num_workers: int | None = opt(None, "env worker processes in all (none: one per CPU core; 0: in-process)", low=0)
+    max_episode_steps: int = opt(500, "episode length", low=1)
+    n_init: int = opt(10, "N_init: initial rollouts that fill B and B_target", low=1)
+    grad_steps: int = opt(10, "p_step: gradient steps per rollout iteration", low=1)
+    batch_size: int = opt(256, "transitions (chain x step) per gradient step; also the BC batch", low=1)
     lr: float = opt(2e-6, "Adam learning rate (paper: 1e-5, which collapsed the tiny planner; see losses.py)")
     lr_decay: float = opt(0.999, "exponential lr decay per iteration")
     clip_eps: float = opt(0.1, "PPO clip epsilon")
@@ -84,37 +67,24 @@ class FinetuneConfig:
                       choices=SIGNALS)
     log_ratio: str = opt("mean", "PPO ratio from the mean (DPPO) or the sum (exact chain likelihood) of the "
                          "per-dimension log-ratios of a denoising step", choices=LOG_RATIOS)
-    replay_iterations: int = opt(1, "B keeps the chunks of this many recent iterations")
-    target_size: int = opt(10, "n: proficient trajectories kept in B_target")
+    replay_iterations: int = opt(1, "B keeps the chunks of this many recent iterations", low=1)
+    target_size: int = opt(10, "n: proficient trajectories kept in B_target", low=1)
     from_scratch: bool = opt(False, "SODP_scratch: fresh weights after the init rollouts")
     offline_data: str | None = opt(None, "SODP_off: fine-tune on this dataset's episodes of the task")
-    eval_every: int = opt(100_000, "env steps between evaluations")
-    eval_episodes: int = opt(10, "episodes per evaluation")
-    eval_num_envs: int = opt(10, "parallel envs for evaluation")
-    ckpt_every: int = opt(50_000, "env steps between checkpoints")
+    eval_every: int = opt(100_000, "env steps between evaluations", low=1)
+    eval_episodes: int = opt(10, "episodes per evaluation", low=1)
+    eval_num_envs: int = opt(10, "parallel envs for evaluation", low=1)
+    ckpt_every: int = opt(50_000, "env steps between checkpoints", low=1)
     seed: int = opt(0, "seed")
     device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
     cuda_graphs: bool = opt(False, "sample rollouts with CUDA-graph replays of the whole DDIM chain (GPU only)")
     progress: bool = opt(True, "progress reporting (a bar on a terminal, plain lines otherwise)")
 
-    # Options that may differ when resuming: they do not change what is computed.
     RESUMABLE = ("env_steps", "eval_every", "eval_episodes", "eval_num_envs", "ckpt_every", "num_workers",
                  "progress", "device", "ckpt", "out", "cuda_graphs")
 
     def __post_init__(self):
-        if self.reg not in REGULARIZERS:
-            raise FinetuneError(f"--reg must be one of {', '.join(REGULARIZERS)}, not {self.reg!r}")
-        if self.reward_norm not in REWARD_NORMS:
-            raise FinetuneError(f"--reward-norm must be one of {', '.join(REWARD_NORMS)}, not {self.reward_norm!r}")
-        if self.log_ratio not in LOG_RATIOS:
-            raise FinetuneError(f"--log-ratio must be one of {', '.join(LOG_RATIOS)}, not {self.log_ratio!r}")
-        if self.signal not in SIGNALS:
-            raise FinetuneError(f"--signal must be one of {', '.join(SIGNALS)}, not {self.signal!r}")
-        for name in ("env_steps", "num_envs", "env_groups", "n_init", "grad_steps", "batch_size", "max_episode_steps",
-                     "replay_iterations", "target_size", "eval_every", "eval_episodes", "eval_num_envs", "ckpt_every"):
-            at_least(getattr(self, name), 1, name)
-        if self.num_workers is not None:
-            at_least(self.num_workers, 0, "num_workers")
+        super().__post_init__()
         if self.reward_norm == "step" and self.num_envs < 2:
             raise FinetuneError("--reward-norm step baselines each chunk with the same chunk of the other envs: "
                                 "it needs --num-envs >= 2 (or choose --reward-norm batch)")
@@ -125,9 +95,6 @@ class FinetuneConfig:
         if self.reg_weight < 0:
             raise FinetuneError(f"--reg-weight must be >= 0, got {self.reg_weight}")
         check_device(self.device)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # -- the fine-tuning state and its update -----------------------------------------------------------------
@@ -145,10 +112,6 @@ class Finetuner:
         self.gen_update = torch.Generator(device).manual_seed(cfg.seed + 1)
         self.iteration = self.env_steps = self.grad_steps = 0
         self.last_eval: dict = {}
-
-    @property
-    def init_iterations(self) -> int:
-        return 0 if self.cfg.offline_data else math.ceil(self.cfg.n_init / self.cfg.num_envs)
 
     def absorb(self, ep: Episode) -> None:
         """Rollout → buffers."""
@@ -174,12 +137,11 @@ class Finetuner:
             group["lr"] = lr
         chunks = self.replay.chunks
         adv = chunk_advantages(chunk_signal(chunks, cfg.signal), cfg.reward_norm, self.running, chunks.index)
-        sums = torch.zeros(5, device=self.device)
+        sums = torch.zeros(4 + (cfg.reg != "none"), device=self.device)
         for _ in range(cfg.grad_steps):
             batch = self.replay.sample(cfg.batch_size, adv, self.gen_update)
             l_imp, clip_frac, approx_kl = improvement_loss(planner, batch, cfg.clip_eps, cfg.log_ratio)
-            reg = regularizer(cfg.reg, planner, batch, self.target, self.reference, cfg.batch_size,
-                              self.gen_update)
+            reg = regularizer(cfg.reg, planner, batch, self.target, self.reference, cfg.batch_size, self.gen_update)
             loss = l_imp if reg is None else l_imp + cfg.reg_weight * reg
             if not torch.isfinite(loss):
                 raise DivergedError(f"loss became {loss.item()} at gradient step {self.grad_steps + 1} "
@@ -190,25 +152,21 @@ class Finetuner:
             grad_norm = torch.nn.utils.clip_grad_norm_(planner.parameters(), cfg.grad_clip)
             self.opt.step()
             self.grad_steps += 1
-            reg_value = reg.detach() if reg is not None else torch.zeros((), device=self.device)
-            sums += torch.stack([l_imp.detach(), reg_value, clip_frac, approx_kl, grad_norm.detach()])
-        names = ("loss_imp", f"loss_{cfg.reg}", "clip_frac", "approx_kl", "grad_norm")
-        out = dict(zip(names, (sums / cfg.grad_steps).tolist()))
-        if cfg.reg == "none":
-            del out["loss_none"]
-        return {**out, "lr": lr}
+            sums += torch.stack([l_imp.detach(), clip_frac, approx_kl, grad_norm.detach(), *([] if reg is None
+                                                                                             else [reg.detach()])])
+        names = ("loss_imp", "clip_frac", "approx_kl", "grad_norm", f"loss_{cfg.reg}")  # no loss_none
+        return {**dict(zip(names, (sums / cfg.grad_steps).tolist())), "lr": lr}
 
     # -- checkpointing --------------------------------------------------------------------------------
     def save(self, run: TrainingRun) -> None:
         opt_t, opt_meta = optimizer_state(self.opt)
         rep_t, rep_meta = self.replay.state()
         tgt_t, tgt_meta = self.target.state()
-        tensors = {**opt_t, **rep_t, **tgt_t, "rng.rollout": generator_state(self.gen_rollout),
-                   "rng.update": generator_state(self.gen_update)}
-        meta = run.state_meta(self.cfg.to_dict(), iteration=self.iteration, env_steps=self.env_steps,
-                              grad_steps=self.grad_steps, optimizer=opt_meta, replay=rep_meta, target=tgt_meta,
-                              running=self.running.state(), last_eval=self.last_eval)
-        save_planner(run.state_path, self.planner, meta, tensors)
+        tensors = {**opt_t, **rep_t, **tgt_t, "rng.rollout": self.gen_rollout.get_state(),
+                   "rng.update": self.gen_update.get_state()}
+        run.save_state(self.planner, tensors, iteration=self.iteration, env_steps=self.env_steps,
+                       grad_steps=self.grad_steps, optimizer=opt_meta, replay=rep_meta, target=tgt_meta,
+                       running=self.running.state(), last_eval=self.last_eval)
 
     def load(self, path, tensors: dict, meta: dict) -> None:
         """The planner's weights came with it (``planner_from_state``); the rest is validated here."""
@@ -228,24 +186,6 @@ class Finetuner:
 
 
 # -- the driver -------------------------------------------------------------------------------------------
-def _load_start(cfg: FinetuneConfig, run: TrainingRun, device):
-    """(planner, reference for KL or None, resume state or None)."""
-    resumed = run.resume_state(cfg.to_dict(), cfg.RESUMABLE)
-    if resumed is not None:
-        planner = planner_from_state(run.state_path, *resumed).to(device)
-    elif not cfg.ckpt:
-        raise FinetuneError("--ckpt (the pre-trained planner) is required")
-    else:
-        planner, _, _ = load_planner(cfg.ckpt, device)
-    reference = None
-    if cfg.reg == "kl":
-        if not cfg.ckpt:
-            raise FinetuneError("--reg kl needs --ckpt (the pre-trained model is the KL reference)")
-        reference, _, _ = load_planner(cfg.ckpt, device)
-        reference.requires_grad_(False).eval()
-    return planner, reference, resumed
-
-
 def finetune(cfg: FinetuneConfig, resume: bool = False, make_env=None) -> dict:
     """Run (or resume) fine-tuning in ``cfg.out``; returns the summary written to ``summary.json``.
 
@@ -253,58 +193,58 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, make_env=None) -> dict:
     is Meta-World's ``cfg.task`` (tests plug in a toy env here).
     """
     from sodp_fast.envs.tasks import canonical_task
+    from sodp_fast.envs.workers import build_env_groups, check_dims, metaworld_env_factory
 
     if make_env is None:
         cfg.task = canonical_task(cfg.task)
     device = resolve_device(cfg.device)
-    with TrainingRun(cfg.out, STATE_KIND, STATE_FILE, resume).open() as run:
-        return _finetune(cfg, run, device, make_env)
+    with TrainingRun(cfg, STATE_KIND, STATE_FILE, resume) as run, contextlib.ExitStack() as stack:
+        resumed = run.resume_state()
+        if resumed is not None:
+            planner = planner_from_state(run.state_path, *resumed).to(device)
+        elif not cfg.ckpt:
+            raise FinetuneError("--ckpt (the pre-trained planner) is required")
+        else:
+            planner, _, _ = load_planner(cfg.ckpt, device)
+        reference = None
+        if cfg.reg == "kl":
+            if not cfg.ckpt:
+                raise FinetuneError("--reg kl needs --ckpt (the pre-trained model is the KL reference)")
+            reference, _, _ = load_planner(cfg.ckpt, device)
+            reference.requires_grad_(False).eval()
+        c = planner.config
+        if make_env is None:
+            from sodp_fast.envs.metaworld import ACTION_DIM, OBS_DIM
 
+            check_dims(cfg.ckpt or run.state_path, c, OBS_DIM, ACTION_DIM)
+            make_env = metaworld_env_factory(cfg.task, c.n_obs_steps, c.n_action_steps, cfg.max_episode_steps, cfg.seed)
+        timers = Timers(sync_cuda=device.type == "cuda")
+        if cfg.offline_data:
+            from sodp_fast.train.offline import OfflineSource
 
-def _finetune(cfg: FinetuneConfig, run: TrainingRun, device, make_env) -> dict:
-    from sodp_fast.envs.workers import build_env_groups, check_dims, metaworld_env_factory
-
-    planner, reference, resumed = _load_start(cfg, run, device)
-    c = planner.config
-    if make_env is None:
-        from sodp_fast.envs.metaworld import ACTION_DIM, OBS_DIM
-
-        check_dims(cfg.ckpt or run.state_path, c, OBS_DIM, ACTION_DIM)
-        make_env = metaworld_env_factory(cfg.task, c.n_obs_steps, c.n_action_steps, cfg.max_episode_steps, cfg.seed)
-    timers = Timers(sync_cuda=device.type == "cuda")
-    if cfg.offline_data:
-        from sodp_fast.train.offline import OfflineSource
-
-        source = OfflineSource(cfg.offline_data, cfg.task, c, cfg.num_envs, cfg.seed, device, timers)
-    else:
-        if cfg.cuda_graphs and device.type == "cuda":
-            torch.cuda.manual_seed(cfg.seed)
-        envs = build_env_groups(make_env, cfg.num_envs, cfg.env_groups, cfg.seed, cfg.num_workers)
-        source = OnlineSource(envs, device, timers, cuda_graphs=cfg.cuda_graphs)
-    try:
+            source = OfflineSource(cfg.offline_data, cfg.task, c, cfg.num_envs, cfg.seed, device, timers)
+        else:
+            if cfg.cuda_graphs and device.type == "cuda":
+                torch.cuda.manual_seed(cfg.seed)
+            envs = build_env_groups(make_env, cfg.num_envs, cfg.env_groups, cfg.seed, cfg.num_workers)
+            source = stack.enter_context(contextlib.closing(OnlineSource(envs, device, timers, cfg.cuda_graphs)))
         env = source if cfg.offline_data else source.envs[0]
         check_dims(cfg.offline_data or cfg.ckpt or run.state_path, c, env.obs_dim, env.action_dim)
         tuner = Finetuner(cfg, planner, reference, device)
         if resumed is not None:
             tuner.load(run.state_path, *resumed)
-        run.write_json(CONFIG_FILE, cfg.to_dict())
-        logger = run.logger(tuner.env_steps if resumed else None)
-        evaluator = CurveEvaluator(make_env, cfg.task, cfg.eval_episodes, cfg.eval_num_envs, cfg.seed,
-                                   cfg.num_workers, timers)
-        try:
-            _loop(tuner, run, source, evaluator, logger, timers, fresh=resumed is None)
-        finally:
-            evaluator.close()
-            logger.close()
-    finally:
-        source.close()
-    save_planner(run.path / MODEL_FILE, planner, {"finetuned_from": cfg.ckpt, "task": cfg.task,
-                                                  "env_steps": tuner.env_steps})
-    summary = {"task": cfg.task, "env_steps": tuner.env_steps, "iterations": tuner.iteration,
-               "grad_steps": tuner.grad_steps, **{f"final_{k}": v for k, v in tuner.last_eval.items()},
-               "seconds": dict(timers.seconds)}
-    run.write_json(SUMMARY_FILE, summary)
-    return summary
+        run.write_json("config.json", cfg.to_dict())
+        evaluator = stack.enter_context(contextlib.closing(CurveEvaluator(
+            make_env, cfg.task, cfg.eval_episodes, cfg.eval_num_envs, cfg.seed, cfg.num_workers, timers)))
+        logger = stack.enter_context(run.logger(tuner.env_steps if resumed else None))
+        _loop(tuner, run, source, evaluator, logger, timers, fresh=resumed is None)
+        save_planner(run.path / MODEL_FILE, planner, {"finetuned_from": cfg.ckpt, "task": cfg.task,
+                                                      "env_steps": tuner.env_steps})
+        summary = {"task": cfg.task, "env_steps": tuner.env_steps, "iterations": tuner.iteration,
+                   "grad_steps": tuner.grad_steps, **{f"final_{k}": v for k, v in tuner.last_eval.items()},
+                   "seconds": dict(timers.seconds)}
+        run.write_json("summary.json", summary)
+        return summary
 
 
 def _loop(tuner: Finetuner, run: TrainingRun, source, evaluator, logger, timers: Timers, fresh: bool) -> None:
@@ -321,7 +261,7 @@ def _loop(tuner: Finetuner, run: TrainingRun, source, evaluator, logger, timers:
         bar.update(0, eval_success=tuner.last_eval["eval_success_rate"])
         if cfg.offline_data:
             source.fill_target(tuner.target)
-        while tuner.iteration < tuner.init_iterations:
+        while tuner.iteration < (0 if cfg.offline_data else math.ceil(cfg.n_init / cfg.num_envs)):
             before = tuner.env_steps
             tuner.absorb(source.collect(tuner.planner, tuner.gen_rollout))
             bar.update(tuner.env_steps - before)

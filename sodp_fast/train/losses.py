@@ -1,46 +1,34 @@
 """Fine-tuning losses: the reward-improvement loss L_imp (Eq. 12) and the regularisers of Eq. 14, 23 and 24.
 
-L_imp is PPO's clipped surrogate over every denoising step of a stored chain, with the chunk reward of the
-chain broadcast to all its steps (computed by ``sodp_fast.ops.ppo_clip_loss``). The regularisers differ in
-the target policy μ they pull towards (paper Appendix E):
+L_imp is PPO's clipped surrogate over every denoising step of a stored chain, the chain's weight broadcast to
+all its steps (``sodp_fast.ops.ppo_clip_loss``). The regularisers differ in the target policy μ (Appendix E):
 
 * ``bc`` (SODP, Eq. 14): μ = the proficient trajectories of B_target; the ε-prediction loss on their actions.
 * ``kl`` (DPOK-like, Eq. 23): μ = the frozen pre-trained model; Σ_k KL(p_θ(x_{k−1}|x_k) ‖ p_pre(x_{k−1}|x_k))
-  on the stored chains. Both are Gaussians with the same std σ_k (the sampler's floored std), so each KL is
-  ‖μ_θ − μ_pre‖² / (2σ_k²) summed over the Tp × A latent dims.
+  on the stored chains: Gaussians with the same std σ_k, so each KL is ‖μ_θ − μ_pre‖² / (2σ_k²) over Tp × A.
 * ``pl`` (DLPO-like, Eq. 24): μ = θ itself; the ε-prediction loss on the model's own samples x_0 from B.
 * ``none``: L_imp alone (DDPO / DPPO style).
 
-The signal (``chunk_signal``). Eq. 12 weighs a chain by its chunk's own reward r(a⁰) (``signal="chunk"``). On
-Meta-World that collapsed good planners (issue 13; button-press-topdown, tiny U-Net, 50 k env steps, 50
-deterministic episodes: 54 % → 0–14 %): the shaped reward pays for a move chunks after it is made, so the chunk's
-own reward says little about its action, and PPO with *shuffled* advantages degraded the planner no less than
-with the real ones (lr 2e-6: 46 % vs 34 %). The default ``signal="return"`` weighs a chain by the return-to-go
-from its chunk (this and every later chunk reward of the episode, γ = 1 as in the paper): the policy-gradient
-weight of the episodic objective, unbiased with the per-index baseline below. Measured over two tasks × two
-seeds (profiles/2026-12-02-cpu-2core-finetune-collapse/): chunk signal 17 % mean success after fine-tuning,
-return-to-go 31–46 %, from 33 % before.
+The signal (``chunk_signal``). Eq. 12 weighs a chain by its chunk's own reward r(a⁰) (``signal="chunk"``); on
+Meta-World that collapsed good planners (issue 13): the shaped reward pays for a move chunks after it is made, so
+PPO on it did as much harm as on shuffled advantages. The default ``signal="return"`` weighs a chain by the
+return-to-go from its chunk (γ = 1), the policy-gradient weight of the episodic objective, unbiased with the
+per-index baseline below. Measurements: profiles/2026-12-02-cpu-2core-finetune-collapse/.
 
-Reward normalisation (``chunk_advantages``). Eq. 12 weights each chain by the raw chunk reward. Meta-World
-rewards are all positive (a chunk earns up to ~80), so a raw weight raises the likelihood of *every* sampled
-chain, and only the differences between rewards carry signal; the step size then scales with the task's reward
-range. The modes subtract a baseline and divide by a scale; none changes the signal (the chain's own chunk
-reward), and a baseline that does not depend on the chain's own action leaves the policy gradient unbiased:
+Reward normalisation (``chunk_advantages``). Meta-World rewards are all positive (a chunk earns up to ~80), so a
+raw weight raises the likelihood of *every* sampled chain and the step size scales with the reward range. The
+modes subtract a baseline that does not depend on the chain's own action (the gradient stays unbiased) and
+divide by a scale:
 
-* ``step`` (the default): a per-chunk-index baseline. The envs of an iteration play in lock-step, so chunk t
-  of every env starts at the same time step; the advantage is r_{i,t} − mean_j r_{j,t} (the mean over the
-  chains of B with the same chunk index t), divided by the std of these residuals over B. Why: Meta-World's
-  dense shaped reward mostly says *where* the arm is, and grows through an episode as it nears the object
-  or goal, so a batch-wide baseline gives early chunks negative and late chunks positive advantages whatever
-  the action — a time-dependent term added to the action's effect. The per-step mean removes it and
-  compares each chunk only with chunks at the same stage of other episodes. The group mean includes chain i
-  itself; leave-one-out is not needed: for groups of equal size n, r_i − mean = (n − 1)/n · (r_i − mean_{j≠i}),
-  a constant factor that the division by the residual std cancels. Needs ≥ 2 chains per chunk index
-  (``num_envs`` ≥ 2): a lone chain's residual is 0.
-* ``batch``: standardises the rewards over all chains in B — a per-iteration baseline and scale, the device
-  DDPO (per-prompt statistics) and DPPO (advantage normalisation) use; it keeps the time-dependent bias above.
-* ``running``: standardises with running statistics over all chains seen so far (a slower baseline that lags
-  the policy).
+* ``step`` (the default): r_{i,t} − mean_j r_{j,t} over the chains of B with the same chunk index t (the envs
+  play in lock-step), divided by the std of these residuals. Meta-World's shaped reward grows through an episode
+  as the arm nears the object or goal, so a batch-wide baseline gives early chunks negative and late chunks
+  positive advantages whatever the action; the per-index mean removes that time trend. Leave-one-out is not
+  needed: for groups of equal size n, r_i − mean = (n − 1)/n · (r_i − mean_{j≠i}), a factor the division by the
+  std cancels. Needs ``num_envs`` ≥ 2 (a lone chain's residual is 0).
+* ``batch``: standardised over all chains in B (DDPO's per-prompt statistics, DPPO's advantage normalisation);
+  it keeps the time trend above.
+* ``running``: standardised with running statistics over all chains seen so far (lags the policy).
 * ``none``: Eq. 12 verbatim.
 """
 from __future__ import annotations
@@ -110,20 +98,15 @@ def chunk_advantages(rewards: torch.Tensor, mode: str, running: RunningMoments |
     raise ValueError(f"reward normalisation must be one of {REWARD_NORMS}, not {mode!r}")
 
 
-def improvement_loss(planner, batch: RowBatch, clip_eps: float, log_ratio: str = "mean",
-                     backend: str | None = None):
-    """Eq. 12 on a minibatch of transitions → (loss, clip_frac, approx_kl).
-
-    ``log_ratio="mean"`` (default): the ratio is exp of the mean, not the sum, of the Tp × A per-dimension
-    log-ratios (DPPO's convention), so ε bounds the per-dimension ratio. With the sum, the score of a 48-dim
-    Gaussian with std ≈ 0.1 made the PPO gradient 60–100× the BC gradient (measured grad norms 60–100 vs ≈ 1),
-    so λ = 1 BC could not hold a good planner; the mean makes the two terms comparable.
-    """
+def improvement_loss(planner, batch: RowBatch, clip_eps: float, log_ratio: str = "mean"):
+    """Eq. 12 on a minibatch of transitions → (loss, clip_frac, approx_kl). ``log_ratio="mean"`` (default, DPPO's
+    convention): the ratio is exp of the mean, not the sum, of the Tp × A per-dimension log-ratios; with the sum,
+    PPO's gradient was 60–100× BC's and λ = 1 BC could not hold a good planner (see the module doc's profile)."""
     if log_ratio not in LOG_RATIOS:
         raise ValueError(f"log_ratio must be one of {LOG_RATIOS}, not {log_ratio!r}")
     d = batch.transitions[0, 0].numel() if log_ratio == "mean" else 1
-    new = planner.chain_log_prob(batch.obs, batch.transitions, batch.steps, backend=backend)
-    return ppo_clip_loss(new / d, batch.old_log_probs / d, batch.advantages, clip_eps, backend)
+    new = planner.chain_log_prob(batch.obs, batch.transitions, batch.steps)
+    return ppo_clip_loss(new / d, batch.old_log_probs / d, batch.advantages, clip_eps)
 
 
 def bc_loss(planner, target: TargetBuffer, batch_size: int, generator: torch.Generator) -> torch.Tensor:

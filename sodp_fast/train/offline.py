@@ -1,19 +1,15 @@
 """SODP_off (paper C.1): the loss of Eq. 15 on a fixed dataset of the task instead of online rollouts.
 
-No env interaction collects data (evaluation still plays episodes). Each iteration draws ``num_envs`` of the
-dataset's episodes of the task (seeded by (seed, iteration), so a resumed run draws the same ones) and turns
-them into B's chunks at every Ta-th step: observation history, the Tp recorded actions from there (padded with
-the last action) and the chunk reward = the sum of the Ta recorded rewards. B_target is filled once with the
-dataset's most proficient episodes (success first, then return).
+Each iteration cuts ``num_envs`` dataset episodes of the task into B's chunks (drawn with the seed (seed,
+iteration), so a resumed run draws the same ones); B_target is filled once with the dataset's best episodes.
 
 The chains. Eq. 12 needs a denoising chain ending at each action sequence and its old log-probs, but the
 dataset's actions were not drawn by the planner. We draw the chain from the DDIM forward posterior
-x_K ~ q(x_K | a⁰), x_{k−1} ~ q_σ(x_{k−1} | x_k, a⁰) (with the sampler's floored std, ending exactly at a⁰),
-and take the old log-probs under the current model when the iteration starts. At ρ = 1 the gradient of the
-PPO surrogate is then Â · Σ_k ∇ log p_θ(x_{k−1} | x_k), i.e. a reward-weighted ELBO step on the recorded
-actions (the chain-likelihood analogue of reward-weighted regression) with PPO's clip as the trust region.
-It is not an unbiased policy gradient: the chains come from q, not from p_θ, which is exactly why this variant
-is expected to trail online SODP (the paper's Table 4 finds the same).
+x_K ~ q(x_K | a⁰), x_{k−1} ~ q_σ(x_{k−1} | x_k, a⁰) (the sampler's floored std, ending exactly at a⁰) and take
+the old log-probs under the current model. At ρ = 1 the PPO gradient is then Â · Σ_k ∇ log p_θ(x_{k−1} | x_k),
+a reward-weighted ELBO step on the recorded actions with PPO's clip as trust region. It is not an unbiased
+policy gradient (the chains come from q, not p_θ), which is why this variant is expected to trail online SODP
+(as in the paper's Table 4).
 """
 from __future__ import annotations
 
@@ -82,6 +78,3 @@ class OfflineSource:
         # no trajectories: B_target already holds the dataset's best (``fill_target``)
         return Episode(Chunks(obs, latents, log_probs, rewards, to_go, index), [], returns, success,
                        sum(len(a) for _, a, _, _ in picked))
-
-    def close(self) -> None:
-        pass

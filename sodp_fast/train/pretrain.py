@@ -1,25 +1,16 @@
 """Multi-task pre-training (paper §3.1, Algorithm 1 first loop, B.3): ε-prediction loss (Eq. 7) on windows
-drawn uniformly from all tasks' transitions, no rewards and no task ids.
+drawn uniformly from all tasks' transitions, no rewards and no task ids. Added, as in Diffusion Policy:
+gradient-norm clipping and an EMA of the weights (``ema.py``), the model handed on.
 
-Paper defaults: batch 256, Adam (default betas) at a constant lr 1e-4, 5e5 steps, K = 100 cosine schedule.
-Added, as in Diffusion Policy: gradient-norm clipping (1.0) and an EMA of the weights (``ema.py``); the EMA
-weights are the model handed on (``RUN/model.safetensors``).
-
-Speed: the dataset and the window index live on the training device when they fit (always on CPU), so a batch
-is two ``randint``/gather kernels with no host round trip; on CUDA the step runs under bf16 autocast with TF32
-enabled, Adam is fused, and the loss is only synchronised every ``log_every`` steps.
-
-Determinism and resume: every random draw of a step (window rows, diffusion step k, noise ε) comes from two
-``torch.Generator``s whose states are checkpointed with the weights, the EMA and Adam's moments, so a run
-killed at any point and resumed with ``--resume`` ends bit-identical (on CPU) to one that never stopped.
-
-Distributed: under ``torchrun --nproc_per_node=N`` the global ``batch_size`` is split across N DDP ranks, each
-with its own generators (seeded by rank); rank 0 logs and writes checkpoints holding every rank's RNG state.
+The dataset lives on the training device when it fits, so a batch is two kernels with no host round trip; the
+loss is synchronised only every ``log_every`` steps. Every random draw comes from two generators checkpointed
+with the weights, the EMA and Adam's moments, so a killed and resumed run ends bit-identical (on CPU) to one that
+never stopped. DDP (``torchrun``): ``batch_size`` is global, each rank has its own generators; rank 0 writes.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,57 +21,50 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sodp_fast.checkpoint import load_state_checked, planner_state, save_planner
 from sodp_fast.envs.tasks import resolve_tasks
-from sodp_fast.errors import CheckpointError, ConfigError, DivergedError, SodpError, at_least, check_fits
+from sodp_fast.errors import CheckpointError, ConfigError, DivergedError, SodpError, check_fits
 from sodp_fast.logging import RunLogger
 from sodp_fast.nn.unet import PRESETS, preset
-from sodp_fast.options import opt
+from sodp_fast.options import Options, opt
 from sodp_fast.policy import DiffusionPlanner, PlannerConfig
 from sodp_fast.train.batches import WindowBatches
 from sodp_fast.train.ema import EMA
-from sodp_fast.train.run import (Progress, TrainingRun, generator_state, load_generator_state, load_optimizer_state,
-                                 optimizer_state, record)
+from sodp_fast.train.run import (Progress, TrainingRun, load_generator_state, load_optimizer_state, optimizer_state,
+                                 record)
 from sodp_fast.train.runtime import Runtime, check_device, setup, teardown
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
-CONFIG_FILE = "config.json"
 STATE_KIND = "sodp_fast.pretrain_state"
 PretrainError = ConfigError  # unusable dataset or options for pre-training
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Options):
     data: str = opt(help="dataset folder (sodp data generate / import-mtdiff)")
     out: str = opt(help="run folder: config.json, metrics, checkpoints, model.safetensors")
     tasks: list[str] | None = opt(None, "subset of the dataset's tasks (names, comma list or set name; none: all)")
-    steps: int = opt(500_000, "optimiser steps")
-    batch_size: int = opt(256, "global batch (split across DDP processes)")
+    steps: int = opt(500_000, "optimiser steps", low=1)
+    batch_size: int = opt(256, "global batch (split across DDP processes)", low=1)
     lr: float = opt(1e-4, "Adam learning rate (constant)")
     grad_clip: float = opt(1.0, "max gradient norm")
     ema_power: float = opt(0.75, "EMA decay warm-up power")
     ema_max_decay: float = opt(0.9999, "EMA decay ceiling")
     preset: str = opt("default", "U-Net size", choices=sorted(PRESETS))
-    num_timesteps: int = opt(100, "diffusion steps K")
+    num_timesteps: int = opt(100, "diffusion steps K", low=1)
     seed: int = opt(0, "seed of the weights and of every random draw")
-    ckpt_every: int = opt(20_000, "steps between checkpoints")
-    log_every: int = opt(100, "steps between metric records")
+    ckpt_every: int = opt(20_000, "steps between checkpoints", low=1)
+    log_every: int = opt(100, "steps between metric records", low=1)
     device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
     amp: str = opt("auto", "auto = bf16 autocast on CUDA only", choices=["auto", "bf16", "off"])
     data_on_device: str = opt("auto", "hold the dataset on the training device (auto: when it takes < half "
                               "its free memory)", choices=["auto", "yes", "no"])
-    eval_batch: int = opt(256, "fixed batch on which the EMA's loss is logged")
+    eval_batch: int = opt(256, "fixed batch on which the EMA's loss is logged", low=1)
     progress: bool = opt(True, "progress reporting (a bar on a terminal, plain lines otherwise)")
 
-    # Options that may differ when resuming: they do not change what is computed.
     RESUMABLE = ("steps", "ckpt_every", "log_every", "progress", "out")  # a moved run folder still resumes
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise PretrainError(f"unknown preset {self.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
-        if self.data_on_device not in ("auto", "yes", "no"):
-            raise PretrainError(f"data_on_device must be auto, yes or no, not {self.data_on_device!r}")
-        for name in ("steps", "batch_size", "ckpt_every", "log_every", "eval_batch", "num_timesteps"):
-            at_least(getattr(self, name), 1, name)
+        super().__post_init__()
         if not self.lr > 0 or not self.grad_clip > 0:
             raise PretrainError(f"--lr and --grad-clip must be > 0, got {self.lr} and {self.grad_clip}")
         if not 0 <= self.ema_max_decay < 1 or not self.ema_power > 0:
@@ -89,11 +73,8 @@ class PretrainConfig:
             self.tasks = resolve_tasks(self.tasks)
         check_device(self.device)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-
-def load_windows(cfg: PretrainConfig, planner_cfg_kw: dict, runtime: Runtime):
+def load_windows(cfg: PretrainConfig, pc: PlannerConfig, runtime: Runtime):
     """Load and check the dataset; returns (WindowBatches, obs_stats, summary dict)."""
     from sodp_fast.data.format import load_dataset
     from sodp_fast.data.windows import concat_episode_ends
@@ -114,8 +95,7 @@ def load_windows(cfg: PretrainConfig, planner_cfg_kw: dict, runtime: Runtime):
     if device.type == "cuda" and (cfg.data_on_device == "no" or (
             cfg.data_on_device == "auto" and need > torch.cuda.mem_get_info(device)[0] // 2)):
         device = torch.device("cpu")
-    batches = WindowBatches(obs, actions, ends, planner_cfg_kw["n_obs_steps"], planner_cfg_kw["horizon"],
-                            planner_cfg_kw["n_action_steps"], device)
+    batches = WindowBatches(obs, actions, ends, pc.n_obs_steps, pc.horizon, pc.n_action_steps, device)
     if len(batches) == 0:
         raise PretrainError(f"{root}: no episode is long enough for a training window")
     summary = {"root": str(root.resolve()), "tasks": list(ds.tasks), "transitions": int(len(obs)),
@@ -157,8 +137,7 @@ class Pretrainer:
         self.data_gen = torch.Generator(batches.device).manual_seed(base + 1)
         self.noise_gen = torch.Generator(runtime.device).manual_seed(base + 2)
         self.step = 0
-        self._zero = torch.zeros((), device=runtime.device)
-        self.loss_sum = self._zero.clone()
+        self.loss_sum = torch.zeros((), device=runtime.device)
         self.bad_step = torch.full((), -1, dtype=torch.long, device=runtime.device)
 
     def train_step(self) -> torch.Tensor:
@@ -189,7 +168,7 @@ class Pretrainer:
 
     def pop_mean_loss(self, n: int) -> float:
         mean = float(self.loss_sum) / max(1, n)
-        self.loss_sum = self._zero.clone()
+        self.loss_sum = torch.zeros_like(self.loss_sum)
         return mean
 
     # -- checkpoint state ----------------------------------------------------------------------------
@@ -201,21 +180,34 @@ class Pretrainer:
         dist.all_gather(out, comm)
         return [o.cpu() for o in out]
 
-    def state(self) -> tuple[dict, dict]:
-        """(extra tensors, meta) for ``save_planner``; collective under DDP (call on every rank)."""
+    def save(self, run: TrainingRun, data_summary: dict) -> None:
+        """The state checkpoint and the EMA model; collective under DDP (call on every rank; rank 0 writes)."""
         tensors = {f"ema.{k}": v for k, v in self.ema.model.state_dict().items()}
         optim_tensors, optim_meta = optimizer_state(self.optimizer)
         tensors.update(optim_tensors)
         for name, gen in (("data", self.data_gen), ("noise", self.noise_gen)):
-            for r, s in enumerate(self._all_ranks(generator_state(gen))):
+            for r, s in enumerate(self._all_ranks(gen.get_state())):
                 tensors[f"rng.{name}.{r}"] = s
-        return tensors, {"step": self.step, "world_size": self.rt.world_size, "optimizer": optim_meta}
+        if self.rt.is_main:
+            run.save_state(self.planner, tensors, data=_data_key(data_summary), step=self.step,
+                           world_size=self.rt.world_size, optimizer=optim_meta)
+            model_meta = {"kind": "sodp_fast.pretrained_ema", "step": self.step, "tasks": data_summary["tasks"],
+                          "dataset": data_summary["root"]}
+            save_planner(run.path / MODEL_FILE, self.ema.model, model_meta)
 
-    def load(self, path: Path, tensors: dict, meta: dict) -> None:
-        """Everything is validated before the first tensor is copied in."""
+    def load(self, path: Path, tensors: dict, meta: dict, data: dict) -> None:
+        """Everything (``data``: what identifies this run's dataset) is validated before the first tensor is
+        copied in."""
         step = record(meta, "step", path)
         if not isinstance(step, int) or not 0 <= step <= self.cfg.steps:
             raise CheckpointError(f"{path}: checkpoint is at step {step}, outside 0 … --steps {self.cfg.steps}")
+        if record(meta, "world_size", path) != self.rt.world_size:
+            raise CheckpointError(f"{path}: checkpoint was written by {meta['world_size']} processes, "
+                                  f"resuming with {self.rt.world_size}")
+        if PlannerConfig.from_dict(record(meta, "planner_config", path)) != self.planner.config:
+            raise CheckpointError(f"{path}: checkpoint's planner config differs from this run's")
+        if meta.get("data") != data:
+            raise CheckpointError(f"{path}: checkpoint was trained on different data ({meta.get('data')})")
         _, state = planner_state(path, tensors, meta)
         ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
         r = self.rt.rank
@@ -233,22 +225,13 @@ def build_planner(cfg: PretrainConfig, obs_dim: int, action_dim: int) -> Diffusi
                                           unet=preset(cfg.preset)))
 
 
-def _fixed_eval_batch(batches: WindowBatches, cfg: PretrainConfig):
-    gen = torch.Generator(batches.device).manual_seed(cfg.seed + 12345)
-    rows = torch.randint(0, len(batches), (cfg.eval_batch,), device=batches.device, generator=gen)
-    return batches.gather(rows)
-
-
 @torch.no_grad()
-def fixed_batch_loss(planner: DiffusionPlanner, batch, seed: int = 0) -> float:
-    """Loss on a fixed batch with fixed k and ε: comparable across steps, runs and checkpoints."""
+def fixed_batch_loss(planner: DiffusionPlanner, batch, seed: int) -> float:
+    """Loss on a fixed batch with fixed k and ε: comparable across steps, runs and checkpoints (``planner`` is in
+    eval mode, as the EMA model always is)."""
     device = next(planner.parameters()).device
     obs, act = (x.to(device) for x in batch)
-    was_training = planner.training
-    planner.eval()
-    loss = planner.loss(obs, act, torch.Generator(device).manual_seed(seed))
-    planner.train(was_training)
-    return float(loss)
+    return float(planner.loss(obs, act, torch.Generator(device).manual_seed(seed)))
 
 
 def _data_key(summary: dict) -> dict:
@@ -256,59 +239,27 @@ def _data_key(summary: dict) -> dict:
     return {k: summary[k] for k in ("tasks", "transitions", "episodes")}
 
 
-def _save(run: TrainingRun, trainer: Pretrainer, data_summary: dict) -> None:
-    tensors, meta = trainer.state()  # collective
-    if not trainer.rt.is_main:
-        return
-    meta = run.state_meta(trainer.cfg.to_dict(), data=_data_key(data_summary), **meta)
-    save_planner(run.state_path, trainer.planner, meta, tensors)
-    save_planner(run.path / MODEL_FILE, trainer.ema.model,
-                 {"kind": "sodp_fast.pretrained_ema", "step": trainer.step, "tasks": data_summary["tasks"],
-                  "dataset": data_summary["root"]})
-
-
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> Pretrainer:
     """Run (or resume) pre-training into ``cfg.out``; returns the trainer (its ``.ema.model`` is the result)."""
     runtime = setup(cfg.device, cfg.amp)
-    run = TrainingRun(cfg.out, STATE_KIND, STATE_FILE, resume, owner=runtime.is_main)
     try:
-        with run.open():
-            return _pretrain(cfg, run, runtime)
+        with TrainingRun(cfg, STATE_KIND, STATE_FILE, resume, owner=runtime.is_main) as run:
+            batches, stats, summary = load_windows(cfg, PlannerConfig(), runtime)  # the default window sizes
+            planner = build_planner(cfg, len(stats.mean), batches.actions.shape[1])
+            planner.normalizer.set_stats(stats.mean, stats.std)
+            resumed = run.resume_state()
+            trainer = Pretrainer(planner, batches, cfg, runtime)
+            if resumed is not None:
+                trainer.load(run.state_path, *resumed, data=_data_key(summary))
+            run.write_json("config.json", {"pretrain": cfg.to_dict(), "planner": planner.config.to_dict(),
+                                         "world_size": runtime.world_size, "device": str(runtime.device),
+                                         "amp": str(runtime.amp_dtype), "data": summary})
+            eval_batch = batches.sample(cfg.eval_batch, torch.Generator(batches.device).manual_seed(cfg.seed + 12345))
+            with run.logger(trainer.step if resumed is not None else None) as logger:
+                _loop(trainer, run, summary, logger, eval_batch, trainer.step)
+            return trainer
     finally:
         teardown(runtime)
-
-
-def _pretrain(cfg: PretrainConfig, run: TrainingRun, runtime: Runtime) -> Pretrainer:
-    defaults = PlannerConfig()
-    window_kw = {k: getattr(defaults, k) for k in ("n_obs_steps", "horizon", "n_action_steps")}
-    batches, stats, summary = load_windows(cfg, window_kw, runtime)
-    planner = build_planner(cfg, len(stats.mean), batches.actions.shape[1])
-    planner.normalizer.set_stats(stats.mean, stats.std)
-    resumed = run.resume_state(cfg.to_dict(), PretrainConfig.RESUMABLE)
-    if resumed is not None:
-        tensors, meta = resumed
-        path = run.state_path
-        if record(meta, "world_size", path) != runtime.world_size:
-            raise CheckpointError(f"{path}: checkpoint was written by {meta['world_size']} processes, "
-                                  f"resuming with {runtime.world_size}")
-        if PlannerConfig.from_dict(record(meta, "planner_config", path)) != planner.config:
-            raise CheckpointError(f"{path}: checkpoint's planner config differs from this run's")
-        if meta.get("data") != _data_key(summary):
-            raise CheckpointError(f"{path}: checkpoint was trained on different data ({meta.get('data')})")
-    trainer = Pretrainer(planner, batches, cfg, runtime)
-    if resumed is not None:
-        trainer.load(run.state_path, *resumed)
-    start = trainer.step
-    run.write_json(CONFIG_FILE, {"pretrain": cfg.to_dict(), "planner": planner.config.to_dict(),
-                                 "world_size": runtime.world_size, "device": str(runtime.device),
-                                 "amp": str(runtime.amp_dtype), "data": summary})
-    logger = run.logger(start if resumed is not None else None)
-    eval_batch = _fixed_eval_batch(batches, cfg) if runtime.is_main else None
-    try:
-        _loop(trainer, run, summary, logger, eval_batch, start)
-    finally:
-        logger.close()
-    return trainer
 
 
 def _loop(trainer: Pretrainer, run: TrainingRun, summary: dict, logger: RunLogger, eval_batch, start: int) -> None:
@@ -342,7 +293,7 @@ def _loop(trainer: Pretrainer, run: TrainingRun, summary: dict, logger: RunLogge
                 logger.log(step, loss=loss, ema_loss=ema_loss, steps_per_s=rate)
                 bar.update(0, loss=loss, ema=ema_loss)
         if ckpt:
-            _save(run, trainer, summary)
+            trainer.save(run, summary)
             last_good = step
             if rt.is_main:
                 logger.plot()

@@ -1,19 +1,15 @@
 """Rollouts for fine-tuning: one batched ``planner.sample`` per chunk for all envs, every chain recorded.
 
-Overlap. The envs can be split into ``G`` groups (separate vector envs, each with its own workers). Chunk by
-chunk, the planner samples for group g while the workers of the other groups step their previous chunk (the
-step call runs on a helper thread; it only waits on worker pipes and releases the GIL), so env stepping hides
-behind sampling. With G = 1 sampling and stepping alternate. Measured on 2 CPU cores (tiny preset, reach,
-8 envs, benchmarks/bench_finetune.py) G = 2 is *slower* (261 vs 420 env steps/s): on CPU sampling is
-per-call overhead bound, so two half-size calls cost twice one, and the sampler competes with the workers
-for the same cores. G = 2 is meant for a GPU, where sampling does not use the workers' cores (unmeasured). Results do not depend on timing: groups are
-sampled in a fixed order from one generator, and each env's episode is a function of its seed.
+Overlap. The envs can be split into ``G`` groups (separate vector envs with their own workers): the planner
+samples for group g while a helper thread steps the others' previous chunk (it only waits on worker pipes, which
+releases the GIL); with G = 1 sampling and stepping alternate. On 2 CPU cores (tiny preset, reach, 8 envs,
+benchmarks/bench_finetune.py) G = 2 is *slower* (261 vs 420 env steps/s): CPU sampling is per-call overhead
+bound and competes with the workers for the cores; G = 2 is meant for a GPU (unmeasured). Results do not depend
+on timing: groups are sampled in a fixed order from one generator, and each env's episode is a function of its
+seed. The update is not overlapped with the next rollout: PPO's ratios assume chains from the current policy.
 
-The update itself is not overlapped with the next rollout: PPO's ratios assume the chains come from the
-current policy, and a rollout with one-update-old parameters would make B off-policy by construction.
-
-Timers (``sodp_fast.train.run.Timers``): env = time spent *waiting* for env results, so with overlap it is the
-env time not hidden behind sampling; sample = the planner calls.
+Timers: env = time spent *waiting* for env results (the env time not hidden behind sampling); sample = the
+planner calls.
 """
 from __future__ import annotations
 
@@ -43,8 +39,7 @@ class _GroupRecord:
 
     def __init__(self):
         self.obs, self.latents, self.log_probs, self.rewards, self.actions = [], [], [], [], []
-        self.success = None
-        self.done = False
+        self.success, self.done = None, False
 
 
 class OnlineSource:
@@ -52,8 +47,7 @@ class OnlineSource:
 
     def __init__(self, envs: list, device: torch.device, timers: Timers, cuda_graphs: bool = False):
         self.envs, self.device, self.timers = envs, device, timers
-        self.num_envs = sum(e.num_envs for e in envs)
-        self._pool = ThreadPoolExecutor(max_workers=1) if len(envs) > 1 else None
+        self._pool = ThreadPoolExecutor(max_workers=1)  # steps one group while the planner samples for the next
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self._graphed = None
 
@@ -73,12 +67,6 @@ class OnlineSource:
     def seek(self, iteration: int) -> None:
         for env in self.envs:
             env.seek(iteration)
-
-    def _step(self, env, actions: np.ndarray):
-        if self._pool is None:
-            with self.timers("env"):
-                return _Done(env.step_chunk(actions))
-        return self._pool.submit(env.step_chunk, actions)
 
     @torch.no_grad()
     def collect(self, planner, generator: torch.Generator) -> Episode:
@@ -105,7 +93,7 @@ class OnlineSource:
                 rec.latents.append(chain.latents)
                 rec.log_probs.append(chain.log_probs)
                 rec.actions.append(actions)
-                pending[g] = self._step(env, actions.numpy())
+                pending[g] = self._pool.submit(env.step_chunk, actions.numpy())
         return self._assemble(recs)
 
     def _assemble(self, recs: list[_GroupRecord]) -> Episode:
@@ -128,17 +116,7 @@ class OnlineSource:
         return Episode(chunks, trajectories, returns, success, actions.shape[0] * actions.shape[1])
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
+        self._pool.shutdown()
         for env in self.envs:
             env.close()
 
-
-class _Done:
-    """A finished 'future' for the single-group path (no thread needed)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value

@@ -1,19 +1,6 @@
-"""The run layer: what pre-training, fine-tuning, ``sodp repro``, data generation and evaluation share.
-
-* **One owner per folder.** ``RunFolder`` holds ``fcntl.flock`` on ``OUT/.lock`` (which names the owner's pid)
-  for as long as a process works in ``OUT``; a second process is refused with a one-line error naming the
-  holder, so two runs never mix in one folder. The kernel drops the lock when the owner dies, even by SIGKILL.
-* **Nothing half-written.** Every file goes through ``atomic_write`` (hidden temporary sibling, fsync, rename).
-  Temporaries that a killed write left behind are removed when the folder is next opened.
-* **Pinned options.** ``check_config`` compares a resumed run's options with the ones it was started with;
-  only the fields a config class lists as ``RESUMABLE`` (schedules, worker counts, paths) may differ.
-* **Validated resume state.** Optimiser and RNG state are stored as safetensors tensors + JSON (no pickles).
-  Keys, shapes and dtypes are checked against the live optimiser / generator *before* anything is loaded: a
-  missing or mis-shaped entry is a ``CheckpointError`` naming the file, never a KeyError or a crash at the
-  first step.
-* **Metrics, timers, progress.** ``TrainingRun.logger`` (``metrics.jsonl``, see ``sodp_fast.logging``),
-  ``Timers`` (wall time per phase, NVTX ranges) and ``Progress`` (tqdm on a terminal; plain lines every
-  ``interval`` seconds when output goes to a file or pipe, so logs hold no carriage-return soup).
+"""The run layer shared by pre-training, fine-tuning, ``sodp repro``, data generation and evaluation: locked run
+folders, pinned options (``check_config``), resume state validated before anything is loaded (a bad entry is a
+``CheckpointError`` naming the file), ``Timers`` and ``Progress``.
 """
 from __future__ import annotations
 
@@ -39,20 +26,9 @@ except ImportError:  # optional: only Nsight profiling uses it
         return contextlib.nullcontext()
 
 
-def make_folder(path: Path) -> Path:
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{path}: exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot create the folder ({e.strerror})") from None
-    return path
-
-
 class RunFolder:
-    """An output folder owned by this process while open (``with RunFolder(out) as folder: …``).
-
+    """An output folder owned by this process while open (``with RunFolder(out) as folder: …``): an ``flock`` on
+    ``.lock`` (the kernel drops it even on SIGKILL), atomic writes, stale temporaries removed on open.
     ``owner=False`` (non-zero DDP ranks) neither locks nor writes."""
 
     def __init__(self, path, owner: bool = True):
@@ -61,7 +37,12 @@ class RunFolder:
     def open(self) -> "RunFolder":
         if not self.owner or self._fd is not None:
             return self
-        make_folder(self.path)
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path}: exists and is not a folder")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{self.path}: cannot create the folder ({e.strerror})") from None
         try:
             fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
@@ -137,21 +118,20 @@ def tensor(tensors: dict, key: str, where, shape: tuple | None = None, dtype: to
 
 
 # -- optimiser and RNG state --------------------------------------------------------------------------------
-def optimizer_state(optimizer: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict, dict]:
-    """(tensors ``<prefix>.state.<i>.<key>``, JSON meta with param_groups and non-tensor values)."""
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """(tensors ``optim.state.<i>.<key>``, JSON meta with param_groups and non-tensor values)."""
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for idx, entry in sd["state"].items():
         for key, value in entry.items():
             if torch.is_tensor(value):
-                tensors[f"{prefix}.state.{idx}.{key}"] = value
+                tensors[f"optim.state.{idx}.{key}"] = value
             else:
                 scalars[f"{idx}.{key}"] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict, where,
-                         prefix: str = "optim") -> None:
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict, where) -> None:
     """Inverse of :func:`optimizer_state`, validated first: the parameter groups, every entry's parameter
     index, and every non-scalar tensor's shape must match ``optimizer``'s parameters."""
     groups, scalars = record(meta, "param_groups", where), record(meta, "scalars", where)
@@ -160,7 +140,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: 
     if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups] != [len(g["params"]) for g in own]:
         raise CheckpointError(f"{where}: optimiser state is for a different set of parameters")
     state: dict[int, dict] = {}
-    head = prefix + ".state."
+    head = "optim.state."
     entries = [(name[len(head):], value) for name, value in tensors.items() if name.startswith(head)]
     for name, value in entries + list(scalars.items()):
         idx, _, key = name.partition(".")
@@ -181,10 +161,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: 
         raise CheckpointError(f"{where}: optimiser state does not fit this model ({e})") from None
 
 
-def generator_state(generator: torch.Generator) -> torch.Tensor:
-    return generator.get_state().clone()
-
-
 def load_generator_state(generator: torch.Generator, tensors: dict, key: str, where) -> None:
     want = generator.get_state().numel()
     state = tensor(tensors, key, where, shape=(want,), dtype=torch.uint8)
@@ -196,14 +172,12 @@ def load_generator_state(generator: torch.Generator, tensors: dict, key: str, wh
 
 # -- a training run -------------------------------------------------------------------------------------------
 class TrainingRun(RunFolder):
-    """A locked run folder with one state checkpoint (``state_file``) that ``--resume`` continues from.
+    """The locked folder ``config.out`` with one state checkpoint (``state_file``) that ``--resume`` continues
+    from. ``open()`` refuses a fresh start over an existing checkpoint and a resume without one."""
 
-    ``open()`` refuses a fresh start over an existing checkpoint and a resume without one; ``resume_state``
-    loads the checkpoint and checks its kind and pinned options; ``write_config`` writes ``config.json``."""
-
-    def __init__(self, path, kind: str, state_file: str, resume: bool, owner: bool = True):
-        super().__init__(path, owner)
-        self.kind, self.state_path, self.resume = kind, Path(path) / state_file, resume
+    def __init__(self, config, kind: str, state_file: str, resume: bool, owner: bool = True):
+        super().__init__(config.out, owner)
+        self.config, self.kind, self.state_path, self.resume = config, kind, self.path / state_file, resume
 
     def open(self) -> "TrainingRun":
         super().open()
@@ -215,8 +189,8 @@ class TrainingRun(RunFolder):
                               "another --out")
         return self
 
-    def resume_state(self, config: dict, resumable) -> tuple[dict, dict] | None:
-        """(tensors, meta) of the checkpoint to resume from, validated against ``config``; None when fresh."""
+    def resume_state(self) -> tuple[dict, dict] | None:
+        """(tensors, meta) of the checkpoint to resume from, its kind and pinned options checked; None when fresh."""
         from sodp_fast.checkpoint import load_tensors
 
         if not self.resume:
@@ -225,16 +199,19 @@ class TrainingRun(RunFolder):
         if meta.get("kind") != self.kind:
             raise CheckpointError(f"{self.state_path}: not a {self.kind.split('.')[-1].replace('_', ' ')} "
                                   f"checkpoint (no '{self.kind}' record)")
-        check_config(record(meta, "config", self.state_path), config, resumable, self.state_path)
+        check_config(record(meta, "config", self.state_path), self.config.to_dict(), self.config.RESUMABLE,
+                     self.state_path)
         return tensors, meta
 
-    def state_meta(self, config: dict, **meta) -> dict:
-        return {"kind": self.kind, "config": config, **meta}
+    def save_state(self, planner, tensors: dict, **meta) -> None:
+        from sodp_fast.checkpoint import save_planner
+
+        save_planner(self.state_path, planner, {"kind": self.kind, "config": self.config.to_dict(), **meta}, tensors)
 
     def logger(self, resume_step: int | None):
         from sodp_fast.logging import RunLogger
 
-        return RunLogger(self.path, resume_step=resume_step, enabled=self.owner)
+        return contextlib.closing(RunLogger(self.path, resume_step=resume_step, enabled=self.owner))
 
 
 # -- timers and progress ----------------------------------------------------------------------------------------

@@ -61,17 +61,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """``auto`` → bf16 autocast on CUDA, full precision elsewhere; ``bf16`` / ``off`` force it."""
-    if amp not in ("auto", "bf16", "off"):
-        raise ConfigError(f"--amp must be auto, bf16 or off, not {amp!r}")
-    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
 def setup(device: str = "auto", amp: str = "auto") -> Runtime:
-    """Pick the device (per rank under torchrun), join the process group, enable TF32 on CUDA."""
+    """Pick the device (per rank under torchrun), join the process group, enable TF32 on CUDA. ``amp`` (checked by
+    the caller's flags): ``auto`` = bf16 autocast on CUDA, full precision elsewhere; ``bf16`` / ``off`` force it."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     dev = resolve_device(device)
@@ -85,7 +77,8 @@ def setup(device: str = "auto", amp: str = "auto") -> Runtime:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    return Runtime(dev, rank, world, amp_dtype(amp, dev))
+    bf16 = amp == "bf16" or (amp == "auto" and dev.type == "cuda")
+    return Runtime(dev, rank, world, torch.bfloat16 if bf16 else None)
 
 
 def teardown(runtime: Runtime) -> None:
