@@ -10,18 +10,16 @@ Layout (format version 1)::
     <root>/<task>/success.npy       [E] bool               info["success"] was ever true in the episode
     <root>/<task>/task.json         the task's record; written last, so its presence marks a complete task
 
-Plain ``.npy`` files so that tens of millions of transitions can be memory-mapped
-(``np.load(mmap_mode="r", allow_pickle=False)``) instead of copied; nothing is ever unpickled.  Every
-file is written to a temporary file in the same folder and moved into place with ``os.replace``, so a
-crash leaves either the old file or the new one, never half of one.  Observation statistics (count,
-mean, variance, min, max per dimension) are computed at write time and stored per task; the dataset's
-statistics pool them exactly.
+Plain ``.npy`` files, so that tens of millions of transitions are memory-mapped instead of copied; nothing is
+ever unpickled.  Every file is written atomically (``sodp_fast.atomic``).  Observation statistics are computed
+at write time and stored per task; the dataset's statistics pool them exactly.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -111,22 +109,14 @@ class MultiTaskDataset:
     manifest: dict = field(repr=False)
 
 
-class _Writer:
-    """Only ``write``: np.save then writes through Python, whose errors carry errno (a full disk says so;
-    ``ndarray.tofile``, used for real files, reports only a short count)."""
-
-    def __init__(self, f):
-        self.write = f.write
-
-
-def _write_npy(tmp: str, array: np.ndarray) -> None:
-    with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a bare path
-        np.save(_Writer(f), np.ascontiguousarray(array), allow_pickle=False)
-
-
 def save_array(path: Path, array: np.ndarray) -> None:
     """Write one ``.npy`` atomically."""
-    atomic_write(path, lambda tmp: _write_npy(tmp, array))
+    def write(tmp: str) -> None:
+        # Through an object with only ``write``, np.save writes via Python, whose errors carry errno (a full disk
+        # says so; ``ndarray.tofile``, used for real files, reports only a short count).
+        with open(tmp, "wb") as f:
+            np.save(SimpleNamespace(write=f.write), np.ascontiguousarray(array), allow_pickle=False)
+    atomic_write(path, write)
 
 
 def read_json(path: Path) -> dict:
@@ -204,24 +194,18 @@ def write_task(root: Path, data: TaskData, settings: dict | None = None) -> dict
 
 def task_record(root: Path, task: str) -> dict | None:
     """The record of a complete task, or None if the task is missing or was interrupted."""
-    path = Path(root) / task / TASK_RECORD
-    if not path.exists():
+    folder = Path(root) / task
+    if not (folder / TASK_RECORD).exists():
         return None
-    record = read_json(path)
-    for name in ARRAYS:
-        if not (Path(root) / task / f"{name}.npy").exists():
-            return None
-    return record
+    record = read_json(folder / TASK_RECORD)
+    return record if all((folder / f"{name}.npy").exists() for name in ARRAYS) else None
 
 
 def write_manifest(root: Path, settings: dict | None = None) -> dict:
     """(Re)write ``manifest.json`` from the complete task folders under ``root``."""
     root = Path(root)
-    records = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        rec = task_record(root, folder.name)
-        if rec is not None:
-            records[folder.name] = rec
+    records = {p.name: r for p in sorted(root.iterdir())
+               if p.is_dir() and (r := task_record(root, p.name)) is not None}
     if not records:
         raise DataFormatError(f"{root}: no complete task folders")
     dims = {(r["obs_dim"], r["action_dim"]) for r in records.values()}
@@ -246,15 +230,6 @@ def _load_array(path: Path) -> np.ndarray:
         raise DataFormatError(f"{path}: file is missing") from None
     except (ValueError, OSError, EOFError) as e:
         raise DataFormatError(f"{path}: unreadable or truncated ({e})") from None
-
-
-def load_task(root: Path, task: str, finite: bool = True) -> TaskData:
-    """Memory-map one task folder and validate it."""
-    folder = Path(root) / task
-    arrays = {name: _load_array(folder / f"{name}.npy") for name in ARRAYS}
-    data = TaskData(task, **arrays)
-    validate_task(data, str(folder), finite=finite)
-    return data
 
 
 def load_dataset(root, tasks: list[str] | str | None = None, finite: bool = True) -> MultiTaskDataset:
@@ -283,16 +258,14 @@ def load_dataset(root, tasks: list[str] | str | None = None, finite: bool = True
 
 def _load_dataset(root: Path, manifest: dict, tasks, finite: bool) -> MultiTaskDataset:
     available = manifest["tasks"]
-    if tasks is None:
-        names = list(available)
-    else:
-        names = resolve_tasks(tasks)
-        missing = [t for t in names if t not in available]
-        if missing:
-            raise DataFormatError(f"{root}: tasks not in dataset: {', '.join(missing)}")
+    names = list(available) if tasks is None else resolve_tasks(tasks)
+    missing = [t for t in names if t not in available]
+    if missing:
+        raise DataFormatError(f"{root}: tasks not in dataset: {', '.join(missing)}")
     out = {}
-    for t in names:
-        data = load_task(root, t, finite)
+    for t in names:  # memory-mapped, then checked on its own and against the manifest
+        data = TaskData(t, **{name: _load_array(root / t / f"{name}.npy") for name in ARRAYS})
+        validate_task(data, str(root / t), finite=finite)
         rec = available[t]
         if data.num_transitions != rec["transitions"] or data.num_episodes != rec["episodes"]:
             raise DataFormatError(f"{root / t}: {data.num_transitions} transitions / {data.num_episodes} episodes "

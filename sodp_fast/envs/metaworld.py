@@ -70,25 +70,7 @@ class MetaWorldEnv(gym.Env):
         self._env.close()
 
 
-def make_env(task: str, seed: int = 0, max_episode_steps: int = MAX_EPISODE_STEPS,
-             goals: str = "presampled", goal_seed: int | None = None) -> MetaWorldEnv:
-    """Create one random-goal Meta-World v3 env (``task`` with or without ``-v3``)."""
-    return MetaWorldEnv(task, seed, max_episode_steps, goals, goal_seed)
-
-
-class ObsHistory:
-    """The last ``n`` observations, oldest first; the first observation of an episode fills all slots."""
-
-    def __init__(self, n: int, obs_dim: int):
-        self.buf = np.zeros((n, obs_dim), np.float32)
-
-    def reset(self, obs: np.ndarray) -> np.ndarray:
-        self.buf[:] = obs
-        return self.buf.copy()
-
-    def push(self, obs: np.ndarray) -> None:
-        self.buf[:-1] = self.buf[1:]
-        self.buf[-1] = obs
+make_env = MetaWorldEnv  # one random-goal Meta-World v3 env (``task`` with or without ``-v3``)
 
 
 @dataclass
@@ -103,19 +85,20 @@ class ChunkResult:
 
 
 class ChunkEnv:
-    """Executes action chunks on one env, keeping its observation history and ever-success flag."""
+    """Executes action chunks on one env, keeping its ever-success flag and the last ``n_obs_steps``
+    observations, oldest first (the first observation of an episode fills all slots)."""
 
     def __init__(self, env: gym.Env, n_obs_steps: int = 2):
         self.env = env
         self.max_episode_steps = env.max_episode_steps
-        self.history = ObsHistory(n_obs_steps, env.observation_space.shape[0])
-        self.t = 0
-        self.success = False
+        self.history = np.zeros((n_obs_steps, env.observation_space.shape[0]), np.float32)
+        self.t, self.success = 0, False
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         obs, _ = self.env.reset(seed=seed)
         self.t, self.success = 0, False
-        return self.history.reset(obs)
+        self.history[:] = obs
+        return self.history.copy()
 
     def step_chunk(self, actions: np.ndarray) -> ChunkResult:
         """Execute ``min(len(actions), steps left)`` actions, clipped to [-1, 1]."""
@@ -126,8 +109,9 @@ class ChunkEnv:
         total = 0.0
         for a in actions:
             obs, reward, _, _, info = self.env.step(a)
-            self.history.push(obs)
+            self.history[:-1] = self.history[1:]
+            self.history[-1] = obs
             total += float(reward)
             self.success = self.success or bool(info["success"])
         self.t += n
-        return ChunkResult(self.history.buf.copy(), total, self.t >= self.max_episode_steps, self.success, n)
+        return ChunkResult(self.history.copy(), total, self.t >= self.max_episode_steps, self.success, n)

@@ -4,13 +4,14 @@ Why not Gymnasium's AsyncVectorEnv: it exchanges pickled messages per env step, 
 about as much as a 0.3 ms Meta-World step.  Here a worker runs a whole chunk (Ta steps) per command and
 exchanges actions and results through shared memory, so the pipe carries one tiny message per chunk.
 
-Fault tolerance: the parent logs every executed action of the current episode and derives every episode's
-reset seed from (seed, env index, episode number).  If a worker dies, a new one is started and replays the
-episode of each of its envs exactly (MuJoCo is deterministic), then the interrupted chunk is re-run; the
-caller sees the same results it would have seen, plus a ``RuntimeWarning``.
+Fault tolerance: every executed action of the current episode stays in the shared action buffer (one episode
+long), and every episode's reset seed derives from (seed, env index, episode number).  If a worker dies, a new
+one is started and replays the episode of each of its envs exactly (MuJoCo is deterministic), then the
+interrupted chunk is re-run; the caller sees the same results it would have seen, plus a ``RuntimeWarning``.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing as mp
 import multiprocessing.connection
@@ -24,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from sodp_fast.envs.metaworld import ACTION_DIM, MAX_EPISODE_STEPS, OBS_DIM, ChunkEnv, make_env
-from sodp_fast.errors import ConfigError, SodpError, check_fits
+from sodp_fast.errors import CheckpointError, ConfigError, SodpError, check_fits
 
 MAX_RESTARTS_PER_CALL = 3
 
@@ -53,25 +54,21 @@ class ChunkStep:
 
 
 class _Buffers:
-    """Per-env result and action arrays; shared memory when workers are processes."""
+    """Per-env results, and the actions of the episode so far (``act``); shared memory."""
 
     def __init__(self, n: int, to: int, obs_dim: int, act_dim: int, cap: int, raw: dict | None = None):
-        shapes = self.shapes(n, to, obs_dim, act_dim, cap)
-        self.raw = raw if raw is not None else {
-            k: mp.RawArray("b", int(np.prod(s)) * np.dtype(d).itemsize) for k, (s, d) in shapes.items()}
-        for k, (s, d) in shapes.items():
-            setattr(self, k, np.frombuffer(self.raw[k], dtype=d).reshape(s))
         self.spec = (n, to, obs_dim, act_dim, cap)
+        layout = self.layout(*self.spec)
+        self.raw = raw if raw is not None else {k: mp.RawArray("b", size) for k, (_, _, size) in layout.items()}
+        for k, (shape, dtype, _) in layout.items():
+            setattr(self, k, np.frombuffer(self.raw[k], dtype=dtype).reshape(shape))
 
     @staticmethod
-    def shapes(n: int, to: int, obs_dim: int, act_dim: int, cap: int) -> dict:
-        return {"obs": ((n, to, obs_dim), np.float32), "act": ((n, cap, act_dim), np.float32),
-                "reward": ((n,), np.float64), "done": ((n,), np.bool_), "success": ((n,), np.bool_),
-                "steps": ((n,), np.int64)}
-
-    @classmethod
-    def nbytes(cls, *spec) -> int:
-        return sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in cls.shapes(*spec).values())
+    def layout(n: int, to: int, obs_dim: int, act_dim: int, cap: int) -> dict[str, tuple]:
+        """name -> (shape, dtype, bytes) of each buffer."""
+        return {k: (s, d, int(np.prod(s, dtype=object)) * np.dtype(d).itemsize) for k, (s, d) in {
+            "obs": ((n, to, obs_dim), np.float32), "act": ((n, cap, act_dim), np.float32), "reward": ((n,), np.float64),
+            "done": ((n,), np.bool_), "success": ((n,), np.bool_), "steps": ((n,), np.int64)}.items()}
 
 
 class _EnvGroup:
@@ -88,18 +85,19 @@ class _EnvGroup:
             self.bufs.obs[i] = env.reset(seed=seeds[i])
             self.bufs.success[i], self.bufs.done[i], self.bufs.steps[i], self.bufs.reward[i] = False, False, 0, 0
 
-    def step(self, n: int) -> None:
+    def step(self, t: int, n: int) -> None:
+        """Execute actions ``t:t + n`` of the episode."""
+        b = self.bufs
         for i, env in zip(self.ids, self.envs):
-            r = env.step_chunk(self.bufs.act[i, :n])
-            b = self.bufs
+            r = env.step_chunk(b.act[i, t:t + n])
             b.obs[i], b.reward[i], b.done[i], b.success[i], b.steps[i] = r.obs, r.reward, r.done, r.success, r.steps
 
-    def replay(self, seeds: list[int], logs: dict[int, np.ndarray]) -> None:
-        """Re-run each env's episode so far from its reset seed and the actions already executed."""
+    def replay(self, seeds: list[int], t: int) -> None:
+        """Re-run each env's episode so far from its reset seed and its first ``t`` (executed) actions."""
         for i, env in zip(self.ids, self.envs):
             env.reset(seed=seeds[i])
-            if len(logs[i]):
-                env.step_chunk(logs[i])
+            if t:
+                env.step_chunk(self.bufs.act[i, :t])
 
     def close(self) -> None:
         for env in self.envs:
@@ -113,12 +111,10 @@ def _worker_main(conn, factory, ids, env_seeds, n_obs_steps, raw, spec):
         conn.send(("ok", None))
         while True:
             cmd, *args = conn.recv()
-            if cmd == "close":
-                group.close()
-                conn.send(("ok", None))
-                return
             getattr(group, cmd)(*args)
             conn.send(("ok", None))
+            if cmd == "close":
+                return
     except (EOFError, KeyboardInterrupt):
         return
     except Exception:
@@ -164,16 +160,14 @@ class ChunkVecEnv:
             self.obs_dim, self.action_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
             self.max_episode_steps = probe.max_episode_steps
             probe.close()
-        check_fits(_Buffers.nbytes(num_envs, n_obs_steps, self.obs_dim, self.action_dim, self.max_episode_steps),
-                   f"the shared buffers of {num_envs:,} envs")
+        spec = (num_envs, n_obs_steps, self.obs_dim, self.action_dim, self.max_episode_steps)
+        check_fits(sum(b for *_, b in _Buffers.layout(*spec).values()), f"the shared buffers of {num_envs:,} envs")
         self._factory = env_factory
         self._env_seeds = [seed * 1000 + i for i in range(num_envs)]
-        self._bufs = _Buffers(num_envs, n_obs_steps, self.obs_dim, self.action_dim, self.max_episode_steps)
-        self.num_workers = min(num_envs, os.cpu_count() or 1) if num_workers is None else min(num_workers,
-                                                                                                num_envs)
+        self._bufs = _Buffers(*spec)
+        self.num_workers = min(num_envs, (os.cpu_count() or 1) if num_workers is None else num_workers)
         self.restarts = 0
         self._episode, self._t = -1, None
-        self._logs: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
         if self.num_workers == 0:
             self._group = _EnvGroup(env_factory, list(range(num_envs)), self._env_seeds, n_obs_steps, self._bufs)
             self._closed = False
@@ -214,15 +208,14 @@ class ChunkVecEnv:
                 w = waitables[ready]
                 if w not in pending:
                     continue
+                pending.discard(w)
                 try:
                     if ready is self._procs[w].sentinel and not self._conns[w].poll():
                         raise EOFError
                     status, payload = self._conns[w].recv()
                 except (EOFError, OSError):
-                    pending.discard(w)
                     dead.append(w)
                     continue
-                pending.discard(w)
                 if status == "error":
                     raise WorkerError(f"env worker {w} failed on task {self.task}: "
                                       f"{payload.strip().splitlines()[-1]}")
@@ -259,10 +252,7 @@ class ChunkVecEnv:
         ids = self._slices[w]
         dead = self._wait([w])
         if not dead and self._episode >= 0:
-            seeds = self._episode_seeds()
-            logs = {i: np.concatenate(self._logs[i]) if self._logs[i] else np.zeros((0, self.action_dim),
-                                                                                      np.float32) for i in ids}
-            self._conns[w].send(("replay", seeds, logs))
+            self._conns[w].send(("replay", self._episode_seeds(), self._t))
             dead = self._wait([w])
         if dead:
             raise WorkerError(f"env worker {w} for task {self.task} died again while restarting")
@@ -275,7 +265,6 @@ class ChunkVecEnv:
         self._check_open()
         self._episode += 1
         self._t = 0
-        self._logs = [[] for _ in range(self.num_envs)]
         self._call(("reset", self._episode_seeds()))
         return self._bufs.obs.copy()
 
@@ -304,11 +293,8 @@ class ChunkVecEnv:
         if not np.isfinite(actions).all():
             raise ActionError("actions contain NaN or inf")
         n = min(actions.shape[1], self.max_episode_steps - self._t)
-        executed = np.clip(actions[:, :n], -1.0, 1.0).astype(np.float32)
-        self._bufs.act[:, :n] = executed
-        self._call(("step", n))
-        for i in range(self.num_envs):
-            self._logs[i].append(executed[i])
+        self._bufs.act[:, self._t:self._t + n] = np.clip(actions[:, :n], -1.0, 1.0).astype(np.float32)
+        self._call(("step", self._t, n))
         self._t += n
         b = self._bufs
         return ChunkStep(b.obs.copy(), b.reward.copy(), b.done.copy(), b.success.copy(), b.steps.copy())
@@ -326,10 +312,8 @@ class ChunkVecEnv:
             return
         live = [(p, c) for p, c in zip(self._procs, self._conns) if p is not None]
         for _, c in live:
-            try:
+            with contextlib.suppress(OSError):  # a dead worker's pipe
                 c.send(("close",))
-            except (BrokenPipeError, OSError):
-                pass
         for p, c in live:
             p.join(timeout=2.0)
             if p.is_alive():
@@ -364,18 +348,14 @@ def metaworld_env_factory(task: str, n_obs_steps: int, n_action_steps: int, max_
     return make
 
 
-def _shares(total: int, parts: int) -> list[int]:
-    return [total // parts + (i < total % parts) for i in range(parts)]
-
-
 def build_env_groups(make: EnvFactory, num_envs: int, groups: int, seed: int, num_workers: int | None) -> list:
     """``groups`` vector envs of ``num_envs`` in all, with distinct seeds; the worker processes (default: one
     per core) are shared out between them (0: every group in-process)."""
     workers = num_workers if num_workers is not None else os.cpu_count() or 1
-    per_group = _shares(workers, groups)
+    per_group = [len(s) for s in _split(workers, groups)]
     envs = []
     try:
-        for g, n in enumerate(_shares(num_envs, groups)):
+        for g, n in enumerate(len(s) for s in _split(num_envs, groups)):
             envs.append(make(n, seed * groups + g, min(max(1, per_group[g]), n) if workers else 0))
     except BaseException:
         for e in envs:
@@ -386,8 +366,6 @@ def build_env_groups(make: EnvFactory, num_envs: int, groups: int, seed: int, nu
 
 def check_dims(where, config, obs_dim: int, action_dim: int) -> None:
     """A planner config's obs/action dims against the task env's (or dataset's)."""
-    from sodp_fast.errors import CheckpointError
-
     for name, have in (("obs_dim", obs_dim), ("action_dim", action_dim)):
         if getattr(config, name) != have:
             raise CheckpointError(f"{where}: checkpoint has {name}={getattr(config, name)}, but the task env has "
