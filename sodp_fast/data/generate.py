@@ -12,10 +12,6 @@ longer (higher power, noisier end point).  The rule is one schedule per difficul
 (the split the paper uses), with per-task overrides in ``TASK_SCHEDULES`` where a class schedule did not
 give a graded success curve.  ``sodp data inspect`` reports success and return by episode quintile.
 
-Full paper-MT10 dataset (1 M transitions per task, as in the paper; hours on 2 cores)::
-
-    sodp data generate --tasks paper-mt10 --transitions-per-task 1000000 --out data/paper-mt10 --workers 2
-
 Every episode is a pure function of (seed, task, episode number), so output is bit-identical for any
 number of workers, and a rerun skips tasks whose folders are complete.
 """
@@ -84,25 +80,20 @@ class GenerateSettings:
         return {**asdict(self), "schedule": asdict(schedule_for(task)), "expert": "metaworld.policies"}
 
 
-def _task_seed(seed: int, task: str) -> np.random.SeedSequence:
-    return np.random.SeedSequence([seed, MT50.index(task)])
-
-
 def generate_task(task: str, settings: GenerateSettings, progress=None) -> TaskData:
     """Roll out ceil(transitions / max_episode_steps) whole episodes of the noisy expert on ``task``."""
     from metaworld.policies import ENV_POLICY_MAP
 
     steps = settings.max_episode_steps
     n_episodes = max(1, math.ceil(settings.transitions_per_task / steps))
-    env_ss, noise_ss, episode_ss = _task_seed(settings.seed, task).spawn(3)
+    env_ss, noise_ss, episode_ss = np.random.SeedSequence([settings.seed, MT50.index(task)]).spawn(3)
     env = make_env(task, int(env_ss.generate_state(1)[0]), steps, settings.goals, goal_seed=settings.seed)
     expert = ENV_POLICY_MAP[task]()
     rng = np.random.default_rng(noise_ss)
     schedule = schedule_for(task)
-    adim = env.action_space.shape[0]
-    obs_buf = np.empty((n_episodes * steps, env.observation_space.shape[0]), np.float32)
-    act_buf = np.empty((n_episodes * steps, adim), np.float32)
-    rew_buf = np.empty(n_episodes * steps, np.float32)
+    adim, total = env.action_space.shape[0], n_episodes * steps
+    obs_buf = np.empty((total, env.observation_space.shape[0]), np.float32)
+    act_buf, rew_buf = np.empty((total, adim), np.float32), np.empty(total, np.float32)
     success = np.zeros(n_episodes, bool)
     episode_seeds = episode_ss.generate_state(n_episodes, np.uint32)
     t = 0

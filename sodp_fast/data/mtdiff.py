@@ -6,8 +6,6 @@ That data (what the paper pre-trains on) is one ``.npz`` per episode with keys `
 one-to-one to the ``-v3`` names.  It has no success flags; if an episode file has a ``success`` or
 ``successes`` array it is used, otherwise episodes are recorded as unsuccessful and the task's settings
 say ``success_known: false``.
-
-    sodp data import-mtdiff SRC --out DIR
 """
 from __future__ import annotations
 
@@ -79,10 +77,9 @@ def _read_episode(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool 
     if missing:
         raise DataFormatError(f"{path}: missing key(s) {', '.join(missing)} (has {', '.join(sorted(arrays))})")
     obs, act, rew = arrays["observations"], arrays["actions"], np.reshape(arrays["rewards"], -1)
-    if obs.ndim != 2 or obs.shape[1] != OBS_DIM:
-        raise DataFormatError(f"{path}: observations have shape {list(obs.shape)}, expected [T, {OBS_DIM}]")
-    if act.ndim != 2 or act.shape[1] != ACTION_DIM:
-        raise DataFormatError(f"{path}: actions have shape {list(act.shape)}, expected [T, {ACTION_DIM}]")
+    for name, a, dim in (("observations", obs, OBS_DIM), ("actions", act, ACTION_DIM)):
+        if a.ndim != 2 or a.shape[1] != dim:
+            raise DataFormatError(f"{path}: {name} have shape {list(a.shape)}, expected [T, {dim}]")
     if len(obs) == len(act) + 1:  # some copies keep the final observation
         obs = obs[:-1]
     if not (len(obs) == len(act) == len(rew)) or len(act) == 0:
@@ -98,9 +95,8 @@ def read_mtdiff_task(task: str, files: list[Path]) -> tuple[TaskData, bool]:
     episodes = [_read_episode(f) for f in files]
     ends = np.cumsum([len(e[1]) for e in episodes]).astype(np.int64)
     success = np.array([bool(e[3]) for e in episodes])
-    data = TaskData(task, np.concatenate([e[0] for e in episodes]).astype(np.float32),
-                    np.concatenate([e[1] for e in episodes]).astype(np.float32),
-                    np.concatenate([e[2] for e in episodes]).astype(np.float32), ends, success)
+    data = TaskData(task, *(np.concatenate([e[k] for e in episodes]).astype(np.float32) for k in range(3)), ends,
+                    success)
     return data, all(e[3] is not None for e in episodes)
 
 

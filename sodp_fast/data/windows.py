@@ -39,12 +39,14 @@ def build_window_index(episode_ends: np.ndarray, n_obs_steps: int, horizon: int,
     return np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
 
 
-def _offsets(like, n: int):
-    """0..n-1 as a row vector of the same kind (numpy or torch, same device) as ``like``."""
-    if type(like).__module__.startswith("torch"):
+def _positions(w, horizon: int):
+    """[W, Tp] clamped positions of the windows ``w`` (numpy, or torch on any device)."""
+    if type(w).__module__.startswith("torch"):
         import torch
-        return torch.arange(n, device=like.device, dtype=like.dtype)[None]
-    return np.arange(n, dtype=like.dtype)[None]
+        offsets = torch.arange(horizon, device=w.device, dtype=w.dtype)[None]
+    else:
+        offsets = np.arange(horizon, dtype=w.dtype)[None]
+    return (w[:, :1] + offsets).clip(w[:, 1:2], w[:, 2:3] - 1)
 
 
 def gather_windows(obs, actions, index, rows, n_obs_steps: int, horizon: int):
@@ -52,15 +54,13 @@ def gather_windows(obs, actions, index, rows, n_obs_steps: int, horizon: int):
 
     ``obs``, ``actions``, ``index`` and ``rows`` are all numpy or all torch (on one device).
     """
-    w = index[rows]
-    start, lo, hi = w[:, :1], w[:, 1:2], w[:, 2:3] - 1
-    pos = (start + _offsets(w, horizon)).clip(lo, hi)
+    pos = _positions(index[rows], horizon)
     return obs[pos[:, :n_obs_steps]], actions[pos]
 
 
 def window_tables(index: np.ndarray, n_obs_steps: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-window clamped index tables: ``obs_idx [W, To]``, ``act_idx [W, Tp]`` (int64)."""
-    pos = np.clip(index[:, :1] + np.arange(horizon)[None], index[:, 1:2], index[:, 2:3] - 1)
+    pos = _positions(index, horizon)
     return np.ascontiguousarray(pos[:, :n_obs_steps]), pos
 
 
@@ -71,8 +71,13 @@ def concat_tasks(dataset: MultiTaskDataset, n_obs_steps: int = 2, horizon: int =
     Windows never cross an episode or task boundary.  Use :func:`concat_episode_ends` with
     :func:`build_window_index` for the compact index instead of the tables.
     """
-    obs, actions, ends = _concat(dataset)
-    index = build_window_index(ends, n_obs_steps, horizon, pad_before, pad_after, action_steps)
+    dims = {(d.observations.shape[1], d.actions.shape[1]) for d in dataset.tasks.values()}
+    if len(dims) != 1:
+        raise DataFormatError(f"{dataset.root}: tasks have mixed observation/action dims {sorted(dims)}")
+    obs = np.concatenate([d.observations for d in dataset.tasks.values()]).astype(np.float32, copy=False)
+    actions = np.concatenate([d.actions for d in dataset.tasks.values()]).astype(np.float32, copy=False)
+    index = build_window_index(concat_episode_ends(dataset)[0], n_obs_steps, horizon, pad_before, pad_after,
+                               action_steps)
     obs_idx, act_idx = window_tables(index, n_obs_steps, horizon)
     return obs, actions, obs_idx, act_idx
 
@@ -85,12 +90,3 @@ def concat_episode_ends(dataset: MultiTaskDataset) -> tuple[np.ndarray, np.ndarr
         task_ids.append(np.full(data.num_transitions, k, np.int64))
         offset += data.num_transitions
     return np.concatenate(ends), np.concatenate(task_ids)
-
-
-def _concat(dataset: MultiTaskDataset):
-    dims = {(d.observations.shape[1], d.actions.shape[1]) for d in dataset.tasks.values()}
-    if len(dims) != 1:
-        raise DataFormatError(f"{dataset.root}: tasks have mixed observation/action dims {sorted(dims)}")
-    obs = np.concatenate([d.observations for d in dataset.tasks.values()]).astype(np.float32, copy=False)
-    actions = np.concatenate([d.actions for d in dataset.tasks.values()]).astype(np.float32, copy=False)
-    return obs, actions, concat_episode_ends(dataset)[0]
