@@ -61,13 +61,9 @@ class UnknownTaskError(SodpError, ValueError):
 
 def canonical_task(name: str) -> str:
     """Map ``reach``, ``reach-v2`` or ``Reach-V3`` to ``reach-v3``; raise with the closest name otherwise."""
-    base = name.strip().lower()
-    for suffix in ("-v3", "-v2"):
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-    full = base + "-v3"
-    if full in MT50:
-        return full
+    base = name.strip().lower().removesuffix("-v3").removesuffix("-v2")
+    if base + "-v3" in MT50:
+        return base + "-v3"
     choices = [t[:-3] for t in MT50] + list(TASK_SETS)
     close = difflib.get_close_matches(base, choices, n=1, cutoff=0.0)
     hint = f"; did you mean '{close[0]}'?" if close else ""

@@ -200,25 +200,20 @@ class ChunkVecEnv:
         return [] if self.num_workers == 0 else [p.pid for p in self._procs]
 
     def _wait(self, workers: list[int]) -> list[int]:
-        """Wait for replies; return the workers that died instead of answering."""
-        pending, dead = set(workers), []
-        while pending:
-            waitables = {self._conns[w]: w for w in pending} | {self._procs[w].sentinel: w for w in pending}
-            for ready in mp.connection.wait(list(waitables)):
-                w = waitables[ready]
-                if w not in pending:
-                    continue
-                pending.discard(w)
-                try:
-                    if ready is self._procs[w].sentinel and not self._conns[w].poll():
-                        raise EOFError
-                    status, payload = self._conns[w].recv()
-                except (EOFError, OSError):
-                    dead.append(w)
-                    continue
-                if status == "error":
-                    raise WorkerError(f"env worker {w} failed on task {self.task}: "
-                                      f"{payload.strip().splitlines()[-1]}")
+        """Wait for each worker's reply (or exit); return the workers that died instead of answering."""
+        dead = []
+        for w in workers:
+            conn = self._conns[w]
+            try:
+                mp.connection.wait([conn, self._procs[w].sentinel])
+                if not conn.poll():  # exited without a reply
+                    raise EOFError
+                status, payload = conn.recv()
+            except (EOFError, OSError):
+                dead.append(w)
+                continue
+            if status == "error":
+                raise WorkerError(f"env worker {w} failed on task {self.task}: {payload.strip().splitlines()[-1]}")
         return dead
 
     def _call(self, cmd: tuple) -> None:
@@ -228,14 +223,10 @@ class ChunkVecEnv:
             return
         todo = list(range(self.num_workers))
         for _ in range(MAX_RESTARTS_PER_CALL + 1):
-            sent, dead = [], []
             for w in todo:
-                try:
+                with contextlib.suppress(OSError):  # a dead worker's pipe: _wait finds it dead
                     self._conns[w].send(cmd)
-                    sent.append(w)
-                except (BrokenPipeError, OSError):
-                    dead.append(w)
-            dead += self._wait(sent)
+            dead = self._wait(todo)
             if not dead:
                 return
             for w in dead:
@@ -246,10 +237,8 @@ class ChunkVecEnv:
     def _restart(self, w: int) -> None:
         old = self._procs[w]
         old.join(timeout=1.0)
-        code = old.exitcode
         self._conns[w].close()
         self._start(w)
-        ids = self._slices[w]
         dead = self._wait([w])
         if not dead and self._episode >= 0:
             self._conns[w].send(("replay", self._episode_seeds(), self._t))
@@ -257,7 +246,8 @@ class ChunkVecEnv:
         if dead:
             raise WorkerError(f"env worker {w} for task {self.task} died again while restarting")
         self.restarts += 1
-        warnings.warn(f"env worker {w} (pid {old.pid}, exit code {code}) died; restarted it and replayed "
+        ids = self._slices[w]
+        warnings.warn(f"env worker {w} (pid {old.pid}, exit code {old.exitcode}) died; restarted it and replayed "
                       f"envs {ids[0]}..{ids[-1]} ({self._t or 0} steps each)", RuntimeWarning, stacklevel=4)
 
     # -- the vector env API --------------------------------------------------------------------------
