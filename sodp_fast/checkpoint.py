@@ -1,10 +1,8 @@
 """Checkpoints: safetensors tensors + a JSON header, written atomically, validated on load.
 
-One ``.safetensors`` file holds the weights (and, for training checkpoints, any other tensors: EMA, optimiser
-moments, RNG state) with the planner config and normaliser stats in its metadata header. safetensors never
-executes code from the file, so a downloaded checkpoint cannot run anything; a foreign, truncated or
-mismatched file becomes a one-line ``CheckpointError``. Files are written to a temporary sibling, fsynced and
-renamed, so a crash leaves either the old checkpoint or the new one, never half of one.
+One ``.safetensors`` file holds the weights (and, for training checkpoints, EMA, optimiser moments, RNG state)
+with the planner config in its metadata header. safetensors never executes code from the file, so a downloaded
+checkpoint cannot run anything; a foreign, truncated or mismatched file becomes a one-line ``CheckpointError``.
 """
 from __future__ import annotations
 
@@ -12,7 +10,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from sodp_fast.atomic import atomic_write
@@ -38,8 +36,6 @@ def load_tensors(path, device: str | torch.device = "cpu") -> tuple[dict[str, to
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
         tensors = load_file(str(path), device=str(device))

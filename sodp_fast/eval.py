@@ -1,19 +1,15 @@
 """Policy evaluation on Meta-World: success rate (success at any step) and return per task, as in the paper's
 Tables 1 and 13 (50 episodes per task, mean over seeds).
 
-Sampling is deterministic for evaluation by default (DDIM with η = 0 from a seeded initial latent x_K), so a
-checkpoint's score is a function of (checkpoint, task, seed, episodes, num_envs): the env goals and initial states
-come from ``ChunkVecEnv``'s per-episode seeds and x_K from a ``torch.Generator`` seeded with ``seed``.
-``deterministic=False`` evaluates the stochastic policy that fine-tuning optimises (the η of the planner's config,
-with its std floor), also seeded: RL fine-tuning improves that policy's per-step Gaussians, and the η = 0
-sampler is a different map from x_K to actions, so the two can disagree after fine-tuning.
-
-Episodes run on ``ChunkVecEnv`` in rounds of lock-step envs.  When ``episodes`` is not a multiple of
-``num_envs``, the rounds are evened out (``ceil(E / ceil(E / N))`` envs) and surplus episodes of the last
-round, at most rounds − 1, are dropped.
+By default DDIM with η = 0 from a seeded x_K (goals and initial states come from ``ChunkVecEnv``'s episode
+seeds), so a score is a function of (checkpoint, task, seed, episodes, num_envs).  ``deterministic=False``
+evaluates, also seeded, the stochastic policy that fine-tuning optimises (the planner's η and std floor): the η = 0
+sampler is another map from x_K to actions, so the two can disagree after fine-tuning.  Episodes run in rounds of
+lock-step envs, evened out when ``episodes`` is not a multiple of ``num_envs``; the last round's surplus is dropped.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -57,17 +53,14 @@ def run_episodes(planner: DiffusionPlanner, venv, rounds: int, generator: torch.
 def evaluate(planner: DiffusionPlanner, task: str, episodes: int = 50, seed: int = 0, num_envs: int = 10,
              num_workers: int | None = None, max_episode_steps: int = 500, venv=None,
              deterministic: bool = True) -> dict:
-    """Evaluate ``planner`` on ``task`` for ``episodes`` episodes; returns a JSON-ready dict with
-    ``success_rate``, ``return_mean``, ``return_std`` (over episodes) and the per-episode values.
-
-    ``venv``: an open ``ChunkVecEnv`` of ``task`` to reuse (fine-tuning evaluates every few env steps and
-    saves the worker start-up); its ``num_envs`` then replaces ``num_envs`` and it is left open.
-    """
+    """A JSON-ready dict: ``success_rate``, ``return_mean``, ``return_std`` (over episodes), per-episode values.
+    ``venv``: an open ``ChunkVecEnv`` of ``task`` to reuse (saves the worker start-up); its ``num_envs`` then
+    replaces ``num_envs`` and it is left open."""
     from sodp_fast.envs.workers import ChunkVecEnv
 
     c = planner.config
     own = venv is None
-    rounds, n = rounds_for(episodes, venv.num_envs if venv is not None else num_envs)
+    rounds, n = rounds_for(episodes, num_envs if own else venv.num_envs)
     if own:
         venv = ChunkVecEnv(task, n, seed=seed, n_obs_steps=c.n_obs_steps, n_action_steps=c.n_action_steps,
                            num_workers=num_workers, max_episode_steps=max_episode_steps)
@@ -139,8 +132,6 @@ class CurveEvaluator:
         self.num_envs, self.num_workers, self.venv = min(num_envs, episodes), num_workers, None
 
     def __call__(self, planner: DiffusionPlanner) -> dict[str, float]:
-        import contextlib
-
         with self.timers("eval") if self.timers is not None else contextlib.nullcontext():
             if self.venv is None:
                 self.venv = self.make_env(self.num_envs, self.seed + 7919, self.num_workers)

@@ -1,13 +1,11 @@
 """N copies of one task stepped chunk by chunk in worker processes, for one batched planner call per chunk.
 
-Why not Gymnasium's AsyncVectorEnv: it exchanges pickled messages per env step, which on 2 cores costs
-about as much as a 0.3 ms Meta-World step.  Here a worker runs a whole chunk (Ta steps) per command and
-exchanges actions and results through shared memory, so the pipe carries one tiny message per chunk.
+Not Gymnasium's AsyncVectorEnv: its pickled message per env step costs, on 2 cores, about as much as a 0.3 ms
+Meta-World step.  Here a worker runs a whole chunk (Ta steps) per command, through shared memory.
 
-Fault tolerance: every executed action of the current episode stays in the shared action buffer (one episode
-long), and every episode's reset seed derives from (seed, env index, episode number).  If a worker dies, a new
-one is started and replays the episode of each of its envs exactly (MuJoCo is deterministic), then the
-interrupted chunk is re-run; the caller sees the same results it would have seen, plus a ``RuntimeWarning``.
+A worker that dies is restarted and replays its envs' episodes exactly (MuJoCo is deterministic): an episode's
+reset seed is a function of (seed, env index, episode), and the shared action buffer holds the episode's actions so
+far.  The interrupted chunk is then re-run: the caller sees the same results, plus a ``RuntimeWarning``.
 """
 from __future__ import annotations
 
@@ -86,7 +84,6 @@ class _EnvGroup:
             self.bufs.success[i], self.bufs.done[i], self.bufs.steps[i], self.bufs.reward[i] = False, False, 0, 0
 
     def step(self, t: int, n: int) -> None:
-        """Execute actions ``t:t + n`` of the episode."""
         b = self.bufs
         for i, env in zip(self.ids, self.envs):
             r = env.step_chunk(b.act[i, t:t + n])
@@ -130,13 +127,11 @@ def _episode_seed(seed: int, env_index: int, episode: int) -> int:
 
 
 class ChunkVecEnv:
-    """N copies of one task stepped in lock-step, chunk by chunk. Meta-World episodes never terminate
-    early and all truncate at max_episode_steps=500, so all N envs reset together.
+    """N copies of one task stepped in lock-step, chunk by chunk (Meta-World episodes all truncate together).
 
-    ``num_workers``: None -> min(num_envs, os.cpu_count()); 0 -> in-process.  ``env_factory(seed=...)``
-    replaces Meta-World (it must return an env with ``max_episode_steps``, 1-D Box spaces and
-    ``info["success"]``, and be picklable when workers are processes).  Env i is built with seed
-    ``seed * 1000 + i``; all envs draw goals from the benchmark's pool for ``seed``.
+    ``num_workers``: None -> min(num_envs, os.cpu_count()); 0 -> in-process.  ``env_factory(seed=...)`` replaces
+    Meta-World (an env with ``max_episode_steps``, 1-D Box spaces and ``info["success"]``, picklable for worker
+    processes).  Env i is built with seed ``seed * 1000 + i``; all draw goals from the benchmark's pool for ``seed``.
     """
 
     def __init__(self, task: str, num_envs: int, seed: int = 0, n_obs_steps: int = 2, n_action_steps: int = 8,
@@ -185,7 +180,6 @@ class ChunkVecEnv:
             self.close()
             raise
 
-    # -- process management --------------------------------------------------------------------------
     def _start(self, w: int) -> None:
         parent, child = self._ctx.Pipe()
         ids = self._slices[w]
@@ -250,7 +244,6 @@ class ChunkVecEnv:
         warnings.warn(f"env worker {w} (pid {old.pid}, exit code {old.exitcode}) died; restarted it and replayed "
                       f"envs {ids[0]}..{ids[-1]} ({self._t or 0} steps each)", RuntimeWarning, stacklevel=4)
 
-    # -- the vector env API --------------------------------------------------------------------------
     def reset(self) -> np.ndarray:
         self._check_open()
         self._episode += 1
@@ -259,9 +252,8 @@ class ChunkVecEnv:
         return self._bufs.obs.copy()
 
     def seek(self, episode: int) -> None:
-        """Make the next ``reset`` start episode ``episode`` (0-based). Episode seeds depend only on
-        (seed, env index, episode), so a resumed run or a repeated evaluation sees the same goals and
-        initial states as the original."""
+        """Make the next ``reset`` start episode ``episode`` (0-based): a resumed run or a repeated evaluation
+        sees the same goals and initial states as the original."""
         if episode < 0:
             raise ValueError(f"episode must be >= 0, got {episode}")
         self._episode = episode - 1
@@ -286,8 +278,7 @@ class ChunkVecEnv:
         self._bufs.act[:, self._t:self._t + n] = np.clip(actions[:, :n], -1.0, 1.0).astype(np.float32)
         self._call(("step", self._t, n))
         self._t += n
-        b = self._bufs
-        return ChunkStep(b.obs.copy(), b.reward.copy(), b.done.copy(), b.success.copy(), b.steps.copy())
+        return ChunkStep(*(getattr(self._bufs, k).copy() for k in ("obs", "reward", "done", "success", "steps")))
 
     def _check_open(self) -> None:
         if self._closed:
