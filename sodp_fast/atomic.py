@@ -13,12 +13,10 @@ os.umask(_UMASK)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp_path)``, fsync, and rename onto ``path``.
+    """Call ``write(tmp_path)``, fsync, and rename onto ``path``: a crash leaves the old file or the new one.
 
-    The temporary file is a hidden sibling (``.<name>.<random>.tmp``), so the rename stays on one file system
-    and is atomic: a crash leaves either the old file or the new one. On any error the temporary is removed
-    and the error re-raised; a temporary left by a killed process is removed by :func:`remove_stale_temps`
-    when its folder is next opened as a run.
+    The temporary is a hidden sibling (``.<name>.<random>.tmp``), so the rename stays on one file system; one a
+    killed process left is removed by :func:`remove_stale_temps` when its folder is next opened as a run.
     """
     path = Path(path)
     try:

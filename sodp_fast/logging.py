@@ -1,9 +1,8 @@
-"""Run metrics: one JSON object per line in ``<run>/metrics.jsonl`` (always), TensorBoard scalars when the
-``tensorboard`` package is installed, and a PNG of the curves (matplotlib, Agg backend: no display needed).
+"""Run metrics: one JSON object per line in ``<run>/metrics.jsonl``, TensorBoard scalars when ``tensorboard`` is
+installed, and a PNG of the curves (matplotlib, Agg backend: no display needed).
 
-JSONL because it is appended line by line, survives a kill mid-run (a torn last line is skipped on read)
-and needs nothing to read.  On resume, records past the resumed step are dropped so the file describes one
-consistent run.
+JSONL because it is appended line by line and survives a kill mid-run (a torn last line is skipped on read).  On
+resume, records past the resumed step are dropped so the file describes one consistent run.
 """
 from __future__ import annotations
 
@@ -80,9 +79,7 @@ class RunLogger:
                     self._tb.add_scalar(k, v, step)
 
     def plot(self) -> Path | None:
-        if not self.enabled:
-            return None
-        return plot_curves(self.run_dir / METRICS_FILE, self.run_dir / CURVES_FILE)
+        return plot_curves(self.run_dir / METRICS_FILE, self.run_dir / CURVES_FILE) if self.enabled else None
 
     def close(self) -> None:
         if not self.enabled or self._file is None:

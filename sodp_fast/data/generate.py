@@ -167,12 +167,8 @@ def pending_tasks(out: Path, tasks: list[str], settings: GenerateSettings) -> li
 
 def generate(tasks: str | list[str], out, transitions_per_task: int, seed: int = 0, workers: int = 1,
              max_episode_steps: int = MAX_EPISODE_STEPS, goals: str = "presampled", progress: bool = True) -> dict:
-    """Generate (or finish) a dataset at ``out``, one process per task at a time; returns the manifest.
-
-    ``workers=0`` runs in this process.  The manifest is rewritten after every finished task.  ``out`` is a run
-    folder (``sodp_fast.train.run.RunFolder``): locked while generating, and temporaries that a killed run left
-    are removed when it is opened again.
-    """
+    """Generate (or finish) a dataset at ``out``, one process per task at a time (``workers=0``: this process);
+    the manifest is rewritten after every task and returned.  ``out`` is a locked run folder (``RunFolder``)."""
     from sodp_fast.train.run import Progress, RunFolder
 
     names = resolve_tasks(tasks)
@@ -198,8 +194,7 @@ def generate(tasks: str | list[str], out, transitions_per_task: int, seed: int =
             queue = ctx.Queue()
             with cf.ProcessPoolExecutor(min(workers, max(1, len(todo))), mp_context=ctx, initializer=_init_worker,
                                         initargs=(queue, os.getpid())) as pool:
-                futures = {pool.submit(_generate_and_write, t, settings, str(out)): t for t in todo}
-                remaining = set(futures)
+                remaining = {pool.submit(_generate_and_write, t, settings, str(out)) for t in todo}
                 while remaining:
                     done, remaining = cf.wait(remaining, timeout=0.2)
                     while not queue.empty():

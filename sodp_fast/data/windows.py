@@ -1,16 +1,11 @@
 """Training windows (To-observation history, Tp-action sequence) over all tasks of a dataset.
 
-Windows follow Diffusion Policy's SequenceSampler: in an episode of length L a window may start anywhere
-from ``-pad_before`` to ``L - horizon + pad_after``; positions outside the episode repeat its first or
-last step.  That is the same as clamping every index into ``[episode_begin, episode_end - 1]``, so a
-window is described by three integers and gathered with indexing arithmetic alone, which runs unchanged
-on numpy arrays and on torch tensors on any device (pre-training keeps the whole dataset on the GPU).
-
-Two forms of the index:
-* ``build_window_index`` -> ``[W, 3]`` int64 (start, episode_begin, episode_end), 24 B per window, gathered
-  with ``gather_windows``;
-* ``window_tables`` -> ``obs_idx [W, To]`` and ``act_idx [W, Tp]`` int64, gathered as ``obs[obs_idx[rows]]``;
-  simpler but (To + Tp) * 8 B per window (≈1.1 GB for 10 M windows at To=2, Tp=12).
+Windows follow Diffusion Policy's SequenceSampler: in an episode of length L a window may start anywhere from
+``-pad_before`` to ``L - horizon + pad_after``; positions outside the episode repeat its first or last step, i.e.
+every index is clamped into ``[episode_begin, episode_end - 1]``.  So a window is three integers (start, begin,
+end; 24 B, ``build_window_index``), gathered by index arithmetic on numpy or torch on any device (pre-training
+keeps the dataset on the GPU).  ``window_tables`` expands them to ``obs_idx [W, To]`` and ``act_idx [W, Tp]``:
+simpler, but (To + Tp) * 8 B per window (≈1.1 GB for 10 M windows at To=2, Tp=12).
 """
 from __future__ import annotations
 
@@ -21,10 +16,8 @@ from sodp_fast.data.format import DataFormatError, MultiTaskDataset
 
 def build_window_index(episode_ends: np.ndarray, n_obs_steps: int, horizon: int, pad_before: int | None = None,
                        pad_after: int | None = None, action_steps: int = 8) -> np.ndarray:
-    """``[W, 3]`` int64 rows (start, episode_begin, episode_end) in the concatenated arrays.
-
-    Defaults follow Diffusion Policy: ``pad_before = n_obs_steps - 1``, ``pad_after = action_steps - 1``.
-    """
+    """``[W, 3]`` int64 rows (start, episode_begin, episode_end) in the concatenated arrays; by default, as in
+    Diffusion Policy, ``pad_before = n_obs_steps - 1`` and ``pad_after = action_steps - 1``."""
     pad_before = n_obs_steps - 1 if pad_before is None else pad_before
     pad_after = action_steps - 1 if pad_after is None else pad_after
     ends = np.asarray(episode_ends, np.int64)
@@ -50,10 +43,7 @@ def _positions(w, horizon: int):
 
 
 def gather_windows(obs, actions, index, rows, n_obs_steps: int, horizon: int):
-    """Gather windows ``rows`` of ``index``: (obs_hist [B, To, D], act_seq [B, Tp, A]).
-
-    ``obs``, ``actions``, ``index`` and ``rows`` are all numpy or all torch (on one device).
-    """
+    """Windows ``rows`` of ``index`` (all numpy, or all torch on one device): obs_hist [B, To, D], act [B, Tp, A]."""
     pos = _positions(index[rows], horizon)
     return obs[pos[:, :n_obs_steps]], actions[pos]
 
@@ -66,11 +56,8 @@ def window_tables(index: np.ndarray, n_obs_steps: int, horizon: int) -> tuple[np
 
 def concat_tasks(dataset: MultiTaskDataset, n_obs_steps: int = 2, horizon: int = 12, pad_before: int | None = None,
                  pad_after: int | None = None, action_steps: int = 8):
-    """Concatenate all tasks: (obs [T, D] float32, actions [T, A] float32, obs_idx [W, To], act_idx [W, Tp]).
-
-    Windows never cross an episode or task boundary.  Use :func:`concat_episode_ends` with
-    :func:`build_window_index` for the compact index instead of the tables.
-    """
+    """All tasks concatenated: (obs [T, D] float32, actions [T, A] float32, obs_idx [W, To], act_idx [W, Tp]);
+    windows never cross an episode or task boundary."""
     dims = {(d.observations.shape[1], d.actions.shape[1]) for d in dataset.tasks.values()}
     if len(dims) != 1:
         raise DataFormatError(f"{dataset.root}: tasks have mixed observation/action dims {sorted(dims)}")
