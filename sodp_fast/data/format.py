@@ -139,10 +139,9 @@ def check_finite(path_or_name, array: np.ndarray, chunk: int = 1 << 20) -> None:
     if array.dtype.kind != "f":
         return
     for s in range(0, len(array), chunk):
-        block = array[s:s + chunk]
-        if not np.isfinite(block).all():
-            row = s + int(np.argwhere(~np.isfinite(block))[0][0])
-            raise DataFormatError(f"{path_or_name}: NaN or inf at row {row}")
+        bad = ~np.isfinite(array[s:s + chunk])
+        if bad.any():
+            raise DataFormatError(f"{path_or_name}: NaN or inf at row {s + int(np.argwhere(bad)[0][0])}")
 
 
 def validate_task(data: TaskData, where: str, obs_dim: int | None = None, action_dim: int | None = None,
@@ -159,8 +158,7 @@ def validate_task(data: TaskData, where: str, obs_dim: int | None = None, action
         if len(getattr(data, name)) != t:
             raise DataFormatError(f"{where}/{name}: {len(getattr(data, name))} rows, observations has {t}")
     for name, want in (("observations", obs_dim), ("actions", action_dim)):
-        got = getattr(data, name).shape[1]
-        if want is not None and got != want:
+        if want is not None and (got := getattr(data, name).shape[1]) != want:
             raise DataFormatError(f"{where}/{name}: dimension {got}, expected {want}")
     ends = np.asarray(data.episode_ends)
     if t == 0 or len(ends) == 0 or ends[-1] != t or ends[0] <= 0 or np.any(np.diff(ends) <= 0):
@@ -249,28 +247,23 @@ def load_dataset(root, tasks: list[str] | str | None = None, finite: bool = True
     if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
         raise DataFormatError(f"{root / MANIFEST}: not a {FORMAT_NAME} v{FORMAT_VERSION} manifest")
     try:
-        return _load_dataset(root, manifest, tasks, finite)
+        available = manifest["tasks"]
+        names = list(available) if tasks is None else resolve_tasks(tasks)
+        missing = [t for t in names if t not in available]
+        if missing:
+            raise DataFormatError(f"{root}: tasks not in dataset: {', '.join(missing)}")
+        out = {}
+        for t in names:  # memory-mapped, then checked on its own and against the manifest
+            data = out[t] = TaskData(t, **{name: _load_array(root / t / f"{name}.npy") for name in ARRAYS})
+            validate_task(data, str(root / t), finite=finite)
+            rec = available[t]
+            if data.num_transitions != rec["transitions"] or data.num_episodes != rec["episodes"]:
+                raise DataFormatError(f"{root / t}: {data.num_transitions} transitions / {data.num_episodes} "
+                                      f"episodes on disk, manifest says {rec['transitions']} / {rec['episodes']}")
+            validate_task(data, str(root / t), manifest["obs_dim"], manifest["action_dim"], finite=False)
+        stats = ObsStats.pool([ObsStats.from_json(available[t]["obs_stats"]) for t in names])
+        return MultiTaskDataset(root, out, manifest["obs_dim"], manifest["action_dim"], stats, manifest)
     except SodpError:
         raise
     except (KeyError, TypeError, ValueError) as e:  # a manifest with the right header but broken records
         raise DataFormatError(f"{root / MANIFEST}: malformed manifest ({type(e).__name__}: {e})") from None
-
-
-def _load_dataset(root: Path, manifest: dict, tasks, finite: bool) -> MultiTaskDataset:
-    available = manifest["tasks"]
-    names = list(available) if tasks is None else resolve_tasks(tasks)
-    missing = [t for t in names if t not in available]
-    if missing:
-        raise DataFormatError(f"{root}: tasks not in dataset: {', '.join(missing)}")
-    out = {}
-    for t in names:  # memory-mapped, then checked on its own and against the manifest
-        data = TaskData(t, **{name: _load_array(root / t / f"{name}.npy") for name in ARRAYS})
-        validate_task(data, str(root / t), finite=finite)
-        rec = available[t]
-        if data.num_transitions != rec["transitions"] or data.num_episodes != rec["episodes"]:
-            raise DataFormatError(f"{root / t}: {data.num_transitions} transitions / {data.num_episodes} episodes "
-                                  f"on disk, manifest says {rec['transitions']} / {rec['episodes']}")
-        validate_task(data, str(root / t), manifest["obs_dim"], manifest["action_dim"], finite=False)
-        out[t] = data
-    stats = ObsStats.pool([ObsStats.from_json(available[t]["obs_stats"]) for t in names])
-    return MultiTaskDataset(root, out, manifest["obs_dim"], manifest["action_dim"], stats, manifest)

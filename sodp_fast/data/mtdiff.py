@@ -105,12 +105,11 @@ def import_mtdiff(src, out, tasks: list[str] | None = None, progress: bool = Tru
     from sodp_fast.train.run import Progress, RunFolder
 
     found = find_episode_files(src)
-    if tasks is not None:
-        wanted = resolve_tasks(tasks)
-        missing = [t for t in wanted if t not in found]
-        if missing:
-            raise DataFormatError(f"{src}: no episode files for {', '.join(missing)}")
-        found = {t: found[t] for t in wanted}
+    wanted = list(found) if tasks is None else resolve_tasks(tasks)
+    missing = [t for t in wanted if t not in found]
+    if missing:
+        raise DataFormatError(f"{src}: no episode files for {', '.join(missing)}")
+    found = {t: found[t] for t in wanted}
     with RunFolder(out) as folder:
         existing = [t for t in found if task_record(folder.path, t) is not None]
         if existing:

@@ -71,9 +71,7 @@ def concat_tasks(dataset: MultiTaskDataset, n_obs_steps: int = 2, horizon: int =
 
 def concat_episode_ends(dataset: MultiTaskDataset) -> tuple[np.ndarray, np.ndarray]:
     """Episode ends of all tasks in concatenation order, and the task index of every transition."""
-    ends, task_ids, offset = [], [], 0
-    for k, data in enumerate(dataset.tasks.values()):
-        ends.append(np.asarray(data.episode_ends) + offset)
-        task_ids.append(np.full(data.num_transitions, k, np.int64))
-        offset += data.num_transitions
-    return np.concatenate(ends), np.concatenate(task_ids)
+    sizes = [d.num_transitions for d in dataset.tasks.values()]
+    offsets = np.cumsum([0] + sizes[:-1], dtype=np.int64)
+    ends = np.concatenate([np.asarray(d.episode_ends) + o for d, o in zip(dataset.tasks.values(), offsets)])
+    return ends, np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)

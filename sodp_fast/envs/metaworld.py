@@ -64,13 +64,13 @@ make_env = MetaWorldEnv  # one random-goal Meta-World v3 env (``task`` with or w
 
 @dataclass
 class ChunkResult:
-    """What one env did during one chunk."""
+    """What one env did during one chunk (``workers.ChunkStep``: N envs, each field with a leading [N] axis)."""
 
     obs: np.ndarray   # [To, obs_dim] float32 history after the chunk
-    reward: float     # sum of executed rewards (gamma = 1)
-    done: bool        # the episode reached truncation
+    reward: float     # sum of executed rewards (gamma = 1), float64
+    done: bool        # the episode reached truncation (then call reset())
     success: bool     # info["success"] was true at some step of this episode so far
-    steps: int        # env steps executed in this chunk
+    steps: int        # env steps executed in this chunk, int64
 
 
 class ChunkEnv:

@@ -17,12 +17,11 @@ import os
 import signal
 import traceback
 import warnings
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from sodp_fast.envs.metaworld import ACTION_DIM, MAX_EPISODE_STEPS, OBS_DIM, ChunkEnv, make_env
+from sodp_fast.envs.metaworld import ACTION_DIM, MAX_EPISODE_STEPS, OBS_DIM, ChunkEnv, ChunkResult, make_env
 from sodp_fast.errors import CheckpointError, ConfigError, SodpError, check_fits
 
 MAX_RESTARTS_PER_CALL = 3
@@ -40,15 +39,7 @@ class ActionError(SodpError, ValueError):
     """Actions of the wrong shape or with NaN/inf."""
 
 
-@dataclass
-class ChunkStep:
-    """Results of one chunk for all N envs."""
-
-    obs: np.ndarray      # [N, To, obs_dim] float32 history after the chunk
-    reward: np.ndarray   # [N] float64, sum of executed rewards (gamma = 1)
-    done: np.ndarray     # [N] bool, episode reached truncation (then call reset())
-    success: np.ndarray  # [N] bool, info["success"] was ever true so far in this episode
-    steps: np.ndarray    # [N] int64, env steps executed in this chunk
+ChunkStep = ChunkResult  # results of one chunk for all N envs: each field an array with a leading [N] axis
 
 
 class _Buffers:
