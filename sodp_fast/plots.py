@@ -1,8 +1,5 @@
-"""Learning curves of several runs on one figure (ablations like the paper's Figures 4, 5 and 7).
-
-Each run folder's ``metrics.jsonl`` (``sodp_fast.logging``) gives one line per panel, a ``sodp repro`` folder one
-line per fine-tuning run; the x axis is the record's ``step``, which fine-tuning logs in env steps.
-"""
+"""Learning curves of several runs on one figure (ablations like the paper's Figures 4, 5 and 7): a run folder's
+``metrics.jsonl`` gives one line per panel, a ``sodp repro`` folder one per fine-tuning run; x is env steps."""
 from __future__ import annotations
 
 from pathlib import Path

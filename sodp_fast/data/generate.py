@@ -1,19 +1,15 @@
 """Sub-optimal multi-task Meta-World data from noisy scripted experts.
 
-The paper pre-trains on the first half of an SAC agent's replay buffer: early episodes are near-random,
-late ones near-expert.  We imitate that shape with Meta-World's scripted experts and an episode-level
-noise schedule: at episode progress p in [0, 1] (first to last episode of the task), each step takes a
-uniform random action with probability ``rand_prob(p)`` and otherwise the expert's action plus Gaussian
-noise of std ``sigma(p)``, clipped to [-1, 1].  Both anneal from ``start`` to ``end`` along p**power.
+The paper pre-trains on the first half of an SAC agent's replay buffer: early episodes near-random, late ones
+near-expert.  We imitate that shape with Meta-World's scripted experts: at episode progress p in [0, 1] (first to
+last episode of the task), each step takes a uniform random action with probability ``rand_prob(p)``, otherwise
+the expert's action plus Gaussian noise of std ``sigma(p)``, clipped to [-1, 1]; both anneal along p**power.
 
-Calibration (see ``SCHEDULES``): easy tasks are solved even by a mostly random policy, so a linear
-schedule makes them near-expert after a fifth of the data; their schedule therefore stays noisier for
-longer (higher power, noisier end point).  The rule is one schedule per difficulty class of Seo et al.
-(the split the paper uses), with per-task overrides in ``TASK_SCHEDULES`` where a class schedule did not
-give a graded success curve.  ``sodp data inspect`` reports success and return by episode quintile.
-
-Every episode is a pure function of (seed, task, episode number), so output is bit-identical for any
-number of workers, and a rerun skips tasks whose folders are complete.
+Calibration: one schedule per difficulty class of Seo et al. (the paper's split).  Easy tasks are solved even by a
+mostly random policy, so theirs stays noisier for longer (higher power, noisier end), with per-task overrides in
+``TASK_SCHEDULES`` where a class schedule did not give a graded success curve (``sodp data inspect`` reports
+success by episode quintile).  Every episode is a pure function of (seed, task, episode number), so output is
+bit-identical for any number of workers; a rerun skips complete tasks.
 """
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
 """Import the public MTDiff / HarmoDT Meta-World data into our format.
 
 That data (what the paper pre-trains on) is one ``.npz`` per episode with keys ``observations`` [T, 39],
-``actions`` [T, 4], ``rewards`` [T] and ``terminals`` (some copies ``dones``), stored as
-``<root>/<task>/<i>.npz`` or ``<root>/<task>/<sub>/dataset/*.npz``, with ``-v2`` task names that map
-one-to-one to the ``-v3`` names.  It has no success flags; if an episode file has a ``success`` or
-``successes`` array it is used, otherwise episodes are recorded as unsuccessful and the task's settings
-say ``success_known: false``.
+``actions`` [T, 4], ``rewards`` [T] and ``terminals`` (or ``dones``), as ``<root>/<task>/<i>.npz`` or
+``<root>/<task>/<sub>/dataset/*.npz``, with ``-v2`` task names.  It has no success flags: a ``success`` or
+``successes`` array is used if present, else episodes count as unsuccessful and settings say ``success_known: false``.
 """
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Meta-World v3 task names and the named task sets used by SODP.
-
-Names are accepted with or without the ``-v3`` suffix (and ``-v2`` names from older datasets map to
-``-v3``), so command lines stay short and old data stays importable.
-"""
+"""Meta-World v3 task names and the named task sets used by SODP.  Names are accepted with or without ``-v3``
+(``-v2`` names of older datasets map to ``-v3``), so command lines stay short and old data stays importable."""
 from __future__ import annotations
 
 import difflib

@@ -63,10 +63,9 @@ class _Buffers:
 class _EnvGroup:
     """The envs ``ids`` of one worker; executes commands and writes results into the buffers."""
 
-    def __init__(self, factory: Callable, ids: list[int], env_seeds: list[int], n_obs_steps: int,
-                 bufs: _Buffers):
+    def __init__(self, factory: Callable, ids: list[int], seed: int, n_obs_steps: int, bufs: _Buffers):
         self.ids, self.bufs = ids, bufs
-        self.envs = [ChunkEnv(factory(seed=s), n_obs_steps) for s in env_seeds]
+        self.envs = [ChunkEnv(factory(seed=seed * 1000 + i), n_obs_steps) for i in ids]
 
     def reset(self, seeds: list[int]) -> None:
         """``seeds`` holds one episode seed per env of the whole vector env."""
@@ -92,10 +91,10 @@ class _EnvGroup:
             env.env.close()
 
 
-def _worker_main(conn, factory, ids, env_seeds, n_obs_steps, raw, spec):
+def _worker_main(conn, factory, ids, seed, n_obs_steps, raw, spec):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
-        group = _EnvGroup(factory, ids, env_seeds, n_obs_steps, _Buffers(*spec, raw=raw))
+        group = _EnvGroup(factory, ids, seed, n_obs_steps, _Buffers(*spec, raw=raw))
         conn.send(("ok", None))
         while True:
             cmd, *args = conn.recv()
@@ -111,10 +110,6 @@ def _worker_main(conn, factory, ids, env_seeds, n_obs_steps, raw, spec):
 
 def _split(n: int, k: int) -> list[list[int]]:
     return [a.tolist() for a in np.array_split(np.arange(n), k)]
-
-
-def _episode_seed(seed: int, env_index: int, episode: int) -> int:
-    return int(np.random.SeedSequence([seed, env_index, episode]).generate_state(1)[0])
 
 
 class ChunkVecEnv:
@@ -149,13 +144,12 @@ class ChunkVecEnv:
         spec = (num_envs, n_obs_steps, self.obs_dim, self.action_dim, self.max_episode_steps)
         check_fits(sum(b for *_, b in _Buffers.layout(*spec).values()), f"the shared buffers of {num_envs:,} envs")
         self._factory = env_factory
-        self._env_seeds = [seed * 1000 + i for i in range(num_envs)]
         self._bufs = _Buffers(*spec)
         self.num_workers = min(num_envs, (os.cpu_count() or 1) if num_workers is None else num_workers)
         self.restarts = 0
         self._episode, self._t = -1, None
         if self.num_workers == 0:
-            self._group = _EnvGroup(env_factory, list(range(num_envs)), self._env_seeds, n_obs_steps, self._bufs)
+            self._group = _EnvGroup(env_factory, list(range(num_envs)), seed, n_obs_steps, self._bufs)
             self._closed = False
             return
         self._ctx = mp.get_context(start_method)
@@ -173,10 +167,9 @@ class ChunkVecEnv:
 
     def _start(self, w: int) -> None:
         parent, child = self._ctx.Pipe()
-        ids = self._slices[w]
         p = self._ctx.Process(target=_worker_main, daemon=True, name=f"sodp-env-{w}",
-                              args=(child, self._factory, ids, [self._env_seeds[i] for i in ids],
-                                    self.n_obs_steps, self._bufs.raw, self._bufs.spec))
+                              args=(child, self._factory, self._slices[w], self.seed, self.n_obs_steps,
+                                    self._bufs.raw, self._bufs.spec))
         p.start()
         child.close()
         self._procs[w], self._conns[w] = p, parent
@@ -250,7 +243,8 @@ class ChunkVecEnv:
         self._episode = episode - 1
 
     def _episode_seeds(self) -> list[int]:
-        return [_episode_seed(self.seed, i, self._episode) for i in range(self.num_envs)]
+        return [int(np.random.SeedSequence([self.seed, i, self._episode]).generate_state(1)[0])
+                for i in range(self.num_envs)]
 
     def step_chunk(self, actions: np.ndarray) -> ChunkStep:
         self._check_open()
