@@ -35,8 +35,7 @@ def run_episodes(planner: DiffusionPlanner, venv, rounds: int, generator: torch.
     successes, returns, steps = [], [], 0
     for _ in range(rounds):
         obs = venv.reset()
-        ret = np.zeros(venv.num_envs)
-        done = np.zeros(venv.num_envs, bool)
+        ret, done = np.zeros(venv.num_envs), np.zeros(venv.num_envs, bool)
         success = done
         while not done.all():
             chain = planner.sample(torch.from_numpy(obs).to(device), deterministic=deterministic,

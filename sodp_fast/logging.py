@@ -6,6 +6,7 @@ resume, records past the resumed step are dropped so the file describes one cons
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -35,20 +36,9 @@ def read_metrics(path: str | Path) -> list[dict]:
     return out
 
 
-def _tensorboard_writer(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
 class RunLogger:
-    """``RunLogger(run_dir).log(step, loss=…, lr=…)``; ``close()`` also writes the curves PNG.
-
-    ``resume_step``: keep only records up to that step (the checkpoint a run resumed from).
-    ``enabled=False`` makes every call a no-op (non-zero ranks of a distributed run).
-    """
+    """``RunLogger(run_dir).log(step, loss=…, lr=…)``; ``close()`` also writes the curves PNG.  ``resume_step``:
+    keep only records up to it (the checkpoint resumed from); ``enabled=False``: all no-ops (non-zero ranks)."""
 
     def __init__(self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True,
                  enabled: bool = True):
@@ -64,7 +54,10 @@ class RunLogger:
             kept = [r for r in read_metrics(path) if r["step"] <= resume_step]
             write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(path, "a")
-        self._tb = _tensorboard_writer(self.run_dir) if tensorboard else None
+        if tensorboard:
+            with contextlib.suppress(ImportError):  # tensorboard is optional
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def log(self, step: int, **metrics: float) -> None:
         if not self.enabled:

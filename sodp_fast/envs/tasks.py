@@ -71,10 +71,7 @@ def resolve_tasks(spec: str | list[str]) -> list[str]:
     """Expand set names (mt10, paper-mt10, mt50), comma lists and short names into unique -v3 names."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     out: list[str] = []
-    for item in items:
-        key = item.strip().lower()
-        if not key:
-            continue
+    for key in filter(None, (item.strip().lower() for item in items)):
         names = TASK_SETS[key] if key in TASK_SETS else (canonical_task(key),)
         out.extend(n for n in names if n not in out)
     if not out:
