@@ -172,8 +172,7 @@ def validate_task(data: TaskData, where: str, obs_dim: int | None = None, action
 
 def write_task(root: Path, data: TaskData, settings: dict | None = None) -> dict:
     """Validate and write one task folder; ``task.json`` goes last and marks the task complete."""
-    root = Path(root)
-    folder = root / data.task
+    folder = Path(root) / data.task
     validate_task(data, str(folder))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / TASK_RECORD).unlink(missing_ok=True)  # incomplete until the record is rewritten

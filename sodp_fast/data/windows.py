@@ -22,14 +22,10 @@ def build_window_index(episode_ends: np.ndarray, n_obs_steps: int, horizon: int,
     pad_after = action_steps - 1 if pad_after is None else pad_after
     ends = np.asarray(episode_ends, np.int64)
     begins = np.concatenate([[0], ends[:-1]])
-    rows = []
-    for b, e in zip(begins, ends):
-        first, last = -pad_before, (e - b) - horizon + pad_after  # inclusive range of relative starts
-        if last < first:
-            continue
-        starts = b + np.arange(first, last + 1, dtype=np.int64)
-        rows.append(np.stack([starts, np.full_like(starts, b), np.full_like(starts, e)], 1))
-    return np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
+    counts = np.maximum(ends - begins - horizon + pad_after + pad_before + 1, 0)  # relative starts -pad_before..
+    ep = np.repeat(np.arange(len(ends)), counts)  # the episode of each window
+    starts = begins[ep] - pad_before + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.stack([starts, begins[ep], ends[ep]], 1)
 
 
 def _positions(w, horizon: int):

@@ -112,7 +112,7 @@ def _split(n: int, k: int) -> list[list[int]]:
     return [a.tolist() for a in np.array_split(np.arange(n), k)]
 
 
-class ChunkVecEnv:
+class ChunkVecEnv(contextlib.AbstractContextManager):
     """N copies of one task stepped in lock-step, chunk by chunk (Meta-World episodes all truncate together).
 
     ``num_workers``: None -> min(num_envs, os.cpu_count()); 0 -> in-process.  ``env_factory(seed=...)`` replaces
@@ -134,8 +134,7 @@ class ChunkVecEnv:
         if env_factory is None:
             env_factory = functools.partial(make_env, task, max_episode_steps=max_episode_steps, goals=goals,
                                             goal_seed=seed)
-            self.obs_dim, self.action_dim = OBS_DIM, ACTION_DIM
-            self.max_episode_steps = max_episode_steps
+            self.obs_dim, self.action_dim, self.max_episode_steps = OBS_DIM, ACTION_DIM, max_episode_steps
         else:
             probe = env_factory(seed=seed * 1000)
             self.obs_dim, self.action_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
@@ -286,9 +285,6 @@ class ChunkVecEnv:
                 p.terminate()
                 p.join()
             c.close()
-
-    def __enter__(self) -> "ChunkVecEnv":
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()
