@@ -32,8 +32,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError) and e.filename in (None, tmp):  # name the file meant, not its temporary
             raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise

@@ -120,10 +120,9 @@ def markdown_table(results: dict) -> str:
 
 
 class CurveEvaluator:
-    """Learning-curve evaluations during training on one vector env, opened on first use and kept open (it
-    saves the worker start-up); every evaluation replays the same episodes (the env is sought back to episode
-    0), so each point of a curve sees the same goals and initial states. ``make_env(num_envs, seed, workers)``
-    builds the env (``sodp_fast.envs.workers.EnvFactory``); ``timers`` (optional) gets an ``eval`` phase."""
+    """Learning-curve evaluations on one vector env (``make_env``: an ``EnvFactory``), kept open to save the worker
+    start-up and sought back to episode 0 each time, so every point of a curve sees the same goals and initial
+    states; ``timers`` (optional) gets an ``eval`` phase."""
 
     def __init__(self, make_env, task: str, episodes: int, num_envs: int, seed: int, num_workers=None,
                  timers=None):

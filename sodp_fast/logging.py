@@ -25,15 +25,10 @@ def read_metrics(path: str | Path) -> list[dict]:
         path = path / METRICS_FILE
     if not path.exists():
         return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and "step" in rec:
-            out.append(rec)
-    return out
+    def parse(line: str):
+        with contextlib.suppress(json.JSONDecodeError):
+            return json.loads(line)
+    return [r for r in map(parse, path.read_text().splitlines()) if isinstance(r, dict) and "step" in r]
 
 
 class RunLogger:

@@ -10,9 +10,8 @@ Layout (format version 1)::
     <root>/<task>/success.npy       [E] bool               info["success"] was ever true in the episode
     <root>/<task>/task.json         the task's record; written last, so its presence marks a complete task
 
-Plain ``.npy`` files, so that tens of millions of transitions are memory-mapped instead of copied; nothing is
-ever unpickled.  Every file is written atomically (``sodp_fast.atomic``).  Observation statistics are computed
-at write time and stored per task; the dataset's statistics pool them exactly.
+Plain ``.npy`` files, memory-mapped (tens of millions of transitions) and never unpickled, each written atomically.
+Observation statistics are computed at write time and stored per task; the dataset's pool them exactly.
 """
 from __future__ import annotations
 

@@ -121,9 +121,8 @@ class ChunkVecEnv(contextlib.AbstractContextManager):
     """
 
     def __init__(self, task: str, num_envs: int, seed: int = 0, n_obs_steps: int = 2, n_action_steps: int = 8,
-                 num_workers: int | None = None, max_episode_steps: int = MAX_EPISODE_STEPS,
-                 goals: str = "presampled", env_factory: Callable | None = None,
-                 start_method: str = "forkserver"):
+                 num_workers: int | None = None, max_episode_steps: int = MAX_EPISODE_STEPS, goals: str = "presampled",
+                 env_factory: Callable | None = None, start_method: str = "forkserver"):
         self._closed = True  # until the workers are up: close() and __del__ have nothing to do
         for name, value, low in (("num_envs", num_envs, 1), ("max_episode_steps", max_episode_steps, 1),
                                  ("n_obs_steps", n_obs_steps, 1), ("num_workers", num_workers, 0)):
@@ -153,8 +152,7 @@ class ChunkVecEnv(contextlib.AbstractContextManager):
             return
         self._ctx = mp.get_context(start_method)
         self._slices = _split(num_envs, self.num_workers)
-        self._procs: list = [None] * self.num_workers
-        self._conns: list = [None] * self.num_workers
+        self._procs, self._conns = [None] * self.num_workers, [None] * self.num_workers
         self._closed = False
         try:
             for w in range(self.num_workers):
