@@ -177,11 +177,10 @@ def write_task(root: Path, data: TaskData, settings: dict | None = None) -> dict
     (folder / TASK_RECORD).unlink(missing_ok=True)  # incomplete until the record is rewritten
     for name in ARRAYS:
         save_array(folder / f"{name}.npy", getattr(data, name))
-    returns = data.episode_returns()
     record = {
         "task": data.task, "transitions": data.num_transitions, "episodes": data.num_episodes,
         "obs_dim": int(data.observations.shape[1]), "action_dim": int(data.actions.shape[1]),
-        "success_rate": float(np.mean(data.success)), "mean_return": float(returns.mean()),
+        "success_rate": float(np.mean(data.success)), "mean_return": float(data.episode_returns().mean()),
         "obs_stats": ObsStats.of(data.observations).to_json(), "settings": settings or {},
     }
     write_json(folder / TASK_RECORD, record)

@@ -57,12 +57,11 @@ def concat_tasks(dataset: MultiTaskDataset, n_obs_steps: int = 2, horizon: int =
     dims = {(d.observations.shape[1], d.actions.shape[1]) for d in dataset.tasks.values()}
     if len(dims) != 1:
         raise DataFormatError(f"{dataset.root}: tasks have mixed observation/action dims {sorted(dims)}")
-    obs = np.concatenate([d.observations for d in dataset.tasks.values()]).astype(np.float32, copy=False)
-    actions = np.concatenate([d.actions for d in dataset.tasks.values()]).astype(np.float32, copy=False)
+    obs, actions = (np.concatenate([getattr(d, k) for d in dataset.tasks.values()]).astype(np.float32, copy=False)
+                    for k in ("observations", "actions"))
     index = build_window_index(concat_episode_ends(dataset)[0], n_obs_steps, horizon, pad_before, pad_after,
                                action_steps)
-    obs_idx, act_idx = window_tables(index, n_obs_steps, horizon)
-    return obs, actions, obs_idx, act_idx
+    return obs, actions, *window_tables(index, n_obs_steps, horizon)
 
 
 def concat_episode_ends(dataset: MultiTaskDataset) -> tuple[np.ndarray, np.ndarray]:

@@ -141,11 +141,9 @@ class ChunkVecEnv(contextlib.AbstractContextManager):
             probe.close()
         spec = (num_envs, n_obs_steps, self.obs_dim, self.action_dim, self.max_episode_steps)
         check_fits(sum(b for *_, b in _Buffers.layout(*spec).values()), f"the shared buffers of {num_envs:,} envs")
-        self._factory = env_factory
-        self._bufs = _Buffers(*spec)
+        self._factory, self._bufs = env_factory, _Buffers(*spec)
         self.num_workers = min(num_envs, (os.cpu_count() or 1) if num_workers is None else num_workers)
-        self.restarts = 0
-        self._episode, self._t = -1, None
+        self.restarts, self._episode, self._t = 0, -1, None
         if self.num_workers == 0:
             self._group = _EnvGroup(env_factory, list(range(num_envs)), seed, n_obs_steps, self._bufs)
             self._closed = False
