@@ -38,8 +38,7 @@ def run_episodes(planner: DiffusionPlanner, venv, rounds: int, generator: torch.
         ret, done = np.zeros(venv.num_envs), np.zeros(venv.num_envs, bool)
         success = done
         while not done.all():
-            chain = planner.sample(torch.from_numpy(obs).to(device), deterministic=deterministic,
-                                   generator=generator)
+            chain = planner.sample(torch.from_numpy(obs).to(device), deterministic=deterministic, generator=generator)
             out = venv.step_chunk(planner.executed_actions(chain.sample).float().cpu().numpy())
             obs, done, success = out.obs, out.done, out.success
             ret += out.reward
@@ -97,10 +96,8 @@ def evaluate_tasks(planner: DiffusionPlanner, tasks: list[str], episodes: int = 
         rets = np.concatenate([r["returns"] for r in runs])
         per_task[task] = {"success_mean": float(rates.mean()), "success_std": float(rates.std()),
                           "return_mean": float(rets.mean()), "return_std": float(rets.std()), "runs": runs}
-    def over_seeds(key):  # [seeds] task-averaged values
-        return np.array([np.mean([per_task[t]["runs"][i][key] for t in tasks]) for i in range(len(seeds))])
-
-    rate, ret = over_seeds("success_rate"), over_seeds("return_mean")
+    rate, ret = (np.array([np.mean([per_task[t]["runs"][i][key] for t in tasks]) for i in range(len(seeds))])
+                 for key in ("success_rate", "return_mean"))  # [seeds] task-averaged values
     average = {"success_mean": float(rate.mean()), "success_std": float(rate.std()),
                "return_mean": float(ret.mean()), "return_std": float(ret.std())}
     return {"tasks": per_task, "average": average, "episodes": episodes, "seeds": list(seeds),
@@ -124,8 +121,7 @@ class CurveEvaluator:
     start-up and sought back to episode 0 each time, so every point of a curve sees the same goals and initial
     states; ``timers`` (optional) gets an ``eval`` phase."""
 
-    def __init__(self, make_env, task: str, episodes: int, num_envs: int, seed: int, num_workers=None,
-                 timers=None):
+    def __init__(self, make_env, task: str, episodes: int, num_envs: int, seed: int, num_workers=None, timers=None):
         self.make_env, self.task, self.episodes, self.seed, self.timers = make_env, task, episodes, seed, timers
         self.num_envs, self.num_workers, self.venv = min(num_envs, episodes), num_workers, None
 

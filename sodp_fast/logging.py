@@ -57,8 +57,7 @@ class RunLogger:
     def log(self, step: int, **metrics: float) -> None:
         if not self.enabled:
             return
-        clean = {k: (float(v) if isinstance(v, (int, float)) or hasattr(v, "item") else v)
-                 for k, v in metrics.items()}
+        clean = {k: (float(v) if isinstance(v, (int, float)) or hasattr(v, "item") else v) for k, v in metrics.items()}
         self._file.write(json.dumps({"step": int(step), "time": round(time.time(), 3), **clean}) + "\n")
         self._file.flush()
         if self._tb is not None:

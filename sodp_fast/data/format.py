@@ -199,8 +199,7 @@ def task_record(root: Path, task: str) -> dict | None:
 def write_manifest(root: Path, settings: dict | None = None) -> dict:
     """(Re)write ``manifest.json`` from the complete task folders under ``root``."""
     root = Path(root)
-    records = {p.name: r for p in sorted(root.iterdir())
-               if p.is_dir() and (r := task_record(root, p.name)) is not None}
+    records = {p.name: r for p in sorted(root.iterdir()) if p.is_dir() and (r := task_record(root, p.name)) is not None}
     if not records:
         raise DataFormatError(f"{root}: no complete task folders")
     dims = {(r["obs_dim"], r["action_dim"]) for r in records.values()}

@@ -92,13 +92,12 @@ def generate_task(task: str, settings: GenerateSettings, progress=None) -> TaskD
     act_buf, rew_buf = np.empty((total, adim), np.float32), np.empty(total, np.float32)
     success = np.zeros(n_episodes, bool)
     episode_seeds = episode_ss.generate_state(n_episodes, np.uint32)
-    t = 0
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
         for e in range(n_episodes):
             rand_prob, sigma = schedule.at(e / max(1, n_episodes - 1))
             obs, _ = env.reset(seed=int(episode_seeds[e]))
-            for _ in range(steps):
+            for t in range(e * steps, (e + 1) * steps):
                 if rng.random() < rand_prob:
                     action = rng.uniform(-1.0, 1.0, adim)
                 else:
@@ -108,7 +107,6 @@ def generate_task(task: str, settings: GenerateSettings, progress=None) -> TaskD
                 obs, reward, _, truncated, info = env.step(action)
                 rew_buf[t] = reward
                 success[e] |= bool(info["success"])
-                t += 1
                 if truncated:
                     break
             if progress is not None:
@@ -145,8 +143,7 @@ def _exit_with(pid: int) -> None:
 
 
 def _generate_and_write(task: str, settings: GenerateSettings, out: str) -> dict:
-    data = generate_task(task, settings, _progress_queue)
-    return write_task(Path(out), data, settings.for_task(task))
+    return write_task(Path(out), generate_task(task, settings, _progress_queue), settings.for_task(task))
 
 
 def pending_tasks(out: Path, tasks: list[str], settings: GenerateSettings) -> list[str]:

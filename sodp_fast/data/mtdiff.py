@@ -18,10 +18,6 @@ from sodp_fast.envs.metaworld import ACTION_DIM, OBS_DIM
 from sodp_fast.envs.tasks import canonical_task, resolve_tasks
 
 
-def _natural_key(path: Path):
-    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", str(path))]
-
-
 def find_episode_files(root) -> dict[str, list[Path]]:
     """Map each -v3 task name to its episode files, in natural order, for both known layouts."""
     root = Path(root)
@@ -29,7 +25,8 @@ def find_episode_files(root) -> dict[str, list[Path]]:
         raise DataFormatError(f"{root}: not a directory")
     found: dict[str, list[Path]] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(list(folder.glob("*.npz")) + list(folder.glob("*/dataset/*.npz")), key=_natural_key)
+        files = sorted([*folder.glob("*.npz"), *folder.glob("*/dataset/*.npz")],  # natural order: 2.npz before 10.npz
+                       key=lambda p: [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", str(p))])
         if files:
             task = canonical_task(folder.name)
             if task in found:
