@@ -81,11 +81,9 @@ def planner_state(path, tensors: dict, meta: dict) -> tuple[PlannerConfig, dict[
 
 def check_state(path, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
     """The first missing, unexpected or mis-shaped tensor of ``state`` against ``expected``, as one line."""
-    missing = sorted(set(expected) - set(state))
-    if missing:
+    if missing := sorted(set(expected) - set(state)):
         raise CheckpointError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
+    if unexpected := sorted(set(state) - set(expected)):
         raise CheckpointError(f"{path}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} in all)")
     for k, v in expected.items():
         if state[k].shape != v.shape:
@@ -96,7 +94,6 @@ def check_state(path, expected: dict[str, torch.Tensor], state: dict[str, torch.
 
 
 def load_state_checked(path, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """``load_state_dict`` after ``check_state``."""
     check_state(path, module.state_dict(), state)
     module.load_state_dict(state)
 

@@ -131,8 +131,7 @@ class CurveEvaluator:
                 self.venv = self.make_env(self.num_envs, self.seed + 7919, self.num_workers)
             self.venv.seek(0)
             res = evaluate(planner, self.task, self.episodes, seed=self.seed, venv=self.venv)
-        return {"eval_success_rate": res["success_rate"], "eval_return_mean": res["return_mean"],
-                "eval_return_std": res["return_std"]}
+        return {f"eval_{k}": res[k] for k in ("success_rate", "return_mean", "return_std")}
 
     def close(self) -> None:
         if self.venv is not None:

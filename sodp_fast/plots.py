@@ -28,9 +28,8 @@ def plot_runs(runs: list[str | Path], out: str | Path, keys: tuple[str, ...] = C
     if len(labels) != len(runs):
         raise SodpError(f"{len(labels)} labels for {len(runs)} runs ({', '.join(map(str, runs))})")
     series = [(label, read_metrics(run)) for run, label in zip(runs, labels)]
-    for run, (_, recs) in zip(runs, series):
-        if not recs:
-            raise SodpError(f"{run}: no metrics.jsonl records")
+    if empty := [run for run, (_, recs) in zip(runs, series) if not recs]:
+        raise SodpError(f"{empty[0]}: no metrics.jsonl records")
     path = plot_curves(series, out, list(keys), title, xlabel="env steps")
     if path is None:
         raise SodpError(f"none of the runs has any of {', '.join(keys)}")

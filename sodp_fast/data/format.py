@@ -245,8 +245,7 @@ def load_dataset(root, tasks: list[str] | str | None = None, finite: bool = True
     try:
         available = manifest["tasks"]
         names = list(available) if tasks is None else resolve_tasks(tasks)
-        missing = [t for t in names if t not in available]
-        if missing:
+        if missing := [t for t in names if t not in available]:
             raise DataFormatError(f"{root}: tasks not in dataset: {', '.join(missing)}")
         out = {}
         for t in names:  # memory-mapped, then checked on its own and against the manifest

@@ -68,8 +68,7 @@ def _read_episode(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool 
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataFormatError(f"{path}: unreadable or truncated .npz ({e})") from None
-    missing = [k for k in ("observations", "actions", "rewards") if k not in arrays]
-    if missing:
+    if missing := [k for k in ("observations", "actions", "rewards") if k not in arrays]:
         raise DataFormatError(f"{path}: missing key(s) {', '.join(missing)} (has {', '.join(sorted(arrays))})")
     obs, act, rew = arrays["observations"], arrays["actions"], np.reshape(arrays["rewards"], -1)
     for name, a, dim in (("observations", obs, OBS_DIM), ("actions", act, ACTION_DIM)):
@@ -101,13 +100,11 @@ def import_mtdiff(src, out, tasks: list[str] | None = None, progress: bool = Tru
 
     found = find_episode_files(src)
     wanted = list(found) if tasks is None else resolve_tasks(tasks)
-    missing = [t for t in wanted if t not in found]
-    if missing:
+    if missing := [t for t in wanted if t not in found]:
         raise DataFormatError(f"{src}: no episode files for {', '.join(missing)}")
     found = {t: found[t] for t in wanted}
     with RunFolder(out) as folder:
-        existing = [t for t in found if task_record(folder.path, t) is not None]
-        if existing:
+        if existing := [t for t in found if task_record(folder.path, t) is not None]:
             raise DataFormatError(f"{folder.path / existing[0]}: the dataset already holds this task; import "
                                   "into another --out (importing never replaces data)")
         bar = Progress(len(found), "import", "task", enabled=progress, interval=0)

@@ -290,7 +290,6 @@ class ChunkVecEnv(contextlib.AbstractContextManager):
             self.close()
 
 
-# -- builders for training drivers ------------------------------------------------------------------------------
 EnvFactory = Callable[[int, int, "int | None"], object]  # (num_envs, seed, num_workers) -> vector env
 
 
