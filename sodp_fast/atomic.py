@@ -52,9 +52,7 @@ def remove_stale_temps(root) -> list[Path]:
     removed = []
     for folder, subdirs, files in os.walk(root):
         subdirs[:] = [d for d in subdirs if not os.path.exists(os.path.join(folder, d, LOCK_FILE))]
-        for name in files:
-            if name.startswith(".") and name.endswith(".tmp"):
-                path = Path(folder, name)
-                path.unlink(missing_ok=True)
-                removed.append(path)
+        for path in (Path(folder, name) for name in files if name.startswith(".") and name.endswith(".tmp")):
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed

@@ -309,11 +309,10 @@ def build_env_groups(make: EnvFactory, num_envs: int, groups: int, seed: int, nu
     """``groups`` vector envs of ``num_envs`` in all, with distinct seeds; the worker processes (default: one
     per core) are shared out between them (0: every group in-process)."""
     workers = num_workers if num_workers is not None else os.cpu_count() or 1
-    per_group = [len(s) for s in _split(workers, groups)]
     envs = []
     try:
-        for g, n in enumerate(len(s) for s in _split(num_envs, groups)):
-            envs.append(make(n, seed * groups + g, min(max(1, per_group[g]), n) if workers else 0))
+        for g, (n, w) in enumerate(zip(map(len, _split(num_envs, groups)), map(len, _split(workers, groups)))):
+            envs.append(make(n, seed * groups + g, min(max(1, w), n) if workers else 0))
     except BaseException:
         for e in envs:
             e.close()
