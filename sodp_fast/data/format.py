@@ -111,8 +111,8 @@ class MultiTaskDataset:
 def save_array(path: Path, array: np.ndarray) -> None:
     """Write one ``.npy`` atomically."""
     def write(tmp: str) -> None:
-        # Through an object with only ``write``, np.save writes via Python, whose errors carry errno (a full disk
-        # says so; ``ndarray.tofile``, used for real files, reports only a short count).
+        # np.save gets an object with only ``write`` (to a bare path it would append ".npy"), so it writes via
+        # Python, whose errors carry errno (a full disk says so; ``ndarray.tofile`` reports only a short count).
         with open(tmp, "wb") as f:
             np.save(SimpleNamespace(write=f.write), np.ascontiguousarray(array), allow_pickle=False)
     atomic_write(path, write)
