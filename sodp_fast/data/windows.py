@@ -24,7 +24,7 @@ def build_window_index(episode_ends: np.ndarray, n_obs_steps: int, horizon: int,
     begins = np.concatenate([[0], ends[:-1]])
     counts = np.maximum(ends - begins - horizon + pad_after + pad_before + 1, 0)  # relative starts -pad_before..
     ep = np.repeat(np.arange(len(ends)), counts)  # the episode of each window
-    starts = begins[ep] - pad_before + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    starts = np.arange(len(ep)) - np.repeat(np.cumsum(counts) - counts - begins + pad_before, counts)
     return np.stack([starts, begins[ep], ends[ep]], 1)
 
 

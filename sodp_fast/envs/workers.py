@@ -112,6 +112,11 @@ def _split(n: int, k: int) -> list[list[int]]:
     return [a.tolist() for a in np.array_split(np.arange(n), k)]
 
 
+def _shares(total: int, parts: int) -> list[int]:
+    """The sizes of ``_split(total, parts)``, without building it (``total`` may be absurd: checked later)."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
 class ChunkVecEnv(contextlib.AbstractContextManager):
     """N copies of one task stepped in lock-step, chunk by chunk (Meta-World episodes all truncate together).
 
@@ -311,7 +316,7 @@ def build_env_groups(make: EnvFactory, num_envs: int, groups: int, seed: int, nu
     workers = num_workers if num_workers is not None else os.cpu_count() or 1
     envs = []
     try:
-        for g, (n, w) in enumerate(zip(map(len, _split(num_envs, groups)), map(len, _split(workers, groups)))):
+        for g, (n, w) in enumerate(zip(_shares(num_envs, groups), _shares(workers, groups))):
             envs.append(make(n, seed * groups + g, min(max(1, w), n) if workers else 0))
     except BaseException:
         for e in envs:
