@@ -75,8 +75,7 @@ def planner_state(path, tensors: dict, meta: dict) -> tuple[PlannerConfig, dict[
         config = PlannerConfig.from_dict(meta["planner_config"])
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: invalid planner config ({e})") from None
-    state = {k[len(_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)}
-    return config, state
+    return config, {k[len(_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)}
 
 
 def check_state(path, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:

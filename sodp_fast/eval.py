@@ -62,8 +62,7 @@ def evaluate(planner: DiffusionPlanner, task: str, episodes: int = 50, seed: int
     if own:
         venv = ChunkVecEnv(task, n, seed=seed, n_obs_steps=c.n_obs_steps, n_action_steps=c.n_action_steps,
                            num_workers=num_workers, max_episode_steps=max_episode_steps)
-    device = next(planner.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
+    generator = torch.Generator(next(planner.parameters()).device).manual_seed(seed)
     was_training = planner.training
     planner.eval()
     t0 = time.perf_counter()

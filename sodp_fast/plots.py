@@ -30,7 +30,6 @@ def plot_runs(runs: list[str | Path], out: str | Path, keys: tuple[str, ...] = C
     series = [(label, read_metrics(run)) for run, label in zip(runs, labels)]
     if empty := [run for run, (_, recs) in zip(runs, series) if not recs]:
         raise SodpError(f"{empty[0]}: no metrics.jsonl records")
-    path = plot_curves(series, out, list(keys), title, xlabel="env steps")
-    if path is None:
+    if (path := plot_curves(series, out, list(keys), title, xlabel="env steps")) is None:
         raise SodpError(f"none of the runs has any of {', '.join(keys)}")
     return path

@@ -32,8 +32,7 @@ MANIFEST = "manifest.json"
 TASK_RECORD = "task.json"
 ARRAYS: dict[str, tuple[type, int]] = {  # name -> (dtype, ndim)
     "observations": (np.float32, 2), "actions": (np.float32, 2), "rewards": (np.float32, 1),
-    "episode_ends": (np.int64, 1), "success": (np.bool_, 1),
-}
+    "episode_ends": (np.int64, 1), "success": (np.bool_, 1)}
 
 
 class DataFormatError(SodpError):

@@ -61,8 +61,7 @@ def canonical_task(name: str) -> str:
     base = name.strip().lower().removesuffix("-v3").removesuffix("-v2")
     if base + "-v3" in MT50:
         return base + "-v3"
-    choices = [t[:-3] for t in MT50] + list(TASK_SETS)
-    close = difflib.get_close_matches(base, choices, n=1, cutoff=0.0)
+    close = difflib.get_close_matches(base, [t[:-3] for t in MT50] + list(TASK_SETS), n=1, cutoff=0.0)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise UnknownTaskError(f"unknown Meta-World task '{name}'{hint}")
 
