@@ -5,8 +5,7 @@ from sodp_fast.diffusion.ddim import DDIMChain, DDIMSampler
 from sodp_fast.diffusion.schedule import NoiseSchedule, cosine_betas, denoising_loss
 from sodp_fast.errors import CheckpointError, SodpError
 from sodp_fast.nn.unet import ConditionalUnet1D, UNetConfig, preset
-from sodp_fast.ops.dispatch import describe_backends as backends
-from sodp_fast.ops.dispatch import set_default_backend
+from sodp_fast.ops.dispatch import describe_backends as backends, set_default_backend
 from sodp_fast.policy import DiffusionPlanner, PlannerConfig
 
 __version__ = "0.1.0"

@@ -13,12 +13,10 @@ os.umask(_UMASK)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp_path)``, fsync, and rename onto ``path``.
+    """Call ``write(tmp_path)``, fsync, and rename onto ``path``: a crash leaves the old file or the new one.
 
-    The temporary file is a hidden sibling (``.<name>.<random>.tmp``), so the rename stays on one file system
-    and is atomic: a crash leaves either the old file or the new one. On any error the temporary is removed
-    and the error re-raised; a temporary left by a killed process is removed by :func:`remove_stale_temps`
-    when its folder is next opened as a run.
+    The temporary is a hidden sibling (``.<name>.<random>.tmp``), so the rename stays on one file system; one a
+    killed process left is removed by :func:`remove_stale_temps` when its folder is next opened as a run.
     """
     path = Path(path)
     try:
@@ -34,8 +32,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError) and e.filename in (None, tmp):  # name the file meant, not its temporary
             raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
@@ -55,9 +52,7 @@ def remove_stale_temps(root) -> list[Path]:
     removed = []
     for folder, subdirs, files in os.walk(root):
         subdirs[:] = [d for d in subdirs if not os.path.exists(os.path.join(folder, d, LOCK_FILE))]
-        for name in files:
-            if name.startswith(".") and name.endswith(".tmp"):
-                path = Path(folder, name)
-                path.unlink(missing_ok=True)
-                removed.append(path)
+        for path in (Path(folder, name) for name in files if name.startswith(".") and name.endswith(".tmp")):
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed

@@ -1,10 +1,8 @@
 """Checkpoints: safetensors tensors + a JSON header, written atomically, validated on load.
 
-One ``.safetensors`` file holds the weights (and, for training checkpoints, any other tensors: EMA, optimiser
-moments, RNG state) with the planner config and normaliser stats in its metadata header. safetensors never
-executes code from the file, so a downloaded checkpoint cannot run anything; a foreign, truncated or
-mismatched file becomes a one-line ``CheckpointError``. Files are written to a temporary sibling, fsynced and
-renamed, so a crash leaves either the old checkpoint or the new one, never half of one.
+One ``.safetensors`` file holds the weights (and, for training checkpoints, EMA, optimiser moments, RNG state)
+with the planner config in its metadata header. safetensors never executes code from the file, so a downloaded
+checkpoint cannot run anything; a foreign, truncated or mismatched file becomes a one-line ``CheckpointError``.
 """
 from __future__ import annotations
 
@@ -12,7 +10,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from sodp_fast.atomic import atomic_write
@@ -38,8 +36,6 @@ def load_tensors(path, device: str | torch.device = "cpu") -> tuple[dict[str, to
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
         tensors = load_file(str(path), device=str(device))
@@ -79,17 +75,14 @@ def planner_state(path, tensors: dict, meta: dict) -> tuple[PlannerConfig, dict[
         config = PlannerConfig.from_dict(meta["planner_config"])
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: invalid planner config ({e})") from None
-    state = {k[len(_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)}
-    return config, state
+    return config, {k[len(_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)}
 
 
 def check_state(path, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
     """The first missing, unexpected or mis-shaped tensor of ``state`` against ``expected``, as one line."""
-    missing = sorted(set(expected) - set(state))
-    if missing:
+    if missing := sorted(set(expected) - set(state)):
         raise CheckpointError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
+    if unexpected := sorted(set(state) - set(expected)):
         raise CheckpointError(f"{path}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} in all)")
     for k, v in expected.items():
         if state[k].shape != v.shape:
@@ -100,7 +93,6 @@ def check_state(path, expected: dict[str, torch.Tensor], state: dict[str, torch.
 
 
 def load_state_checked(path, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """``load_state_dict`` after ``check_state``."""
     check_state(path, module.state_dict(), state)
     module.load_state_dict(state)
 

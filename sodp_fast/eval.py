@@ -1,19 +1,15 @@
 """Policy evaluation on Meta-World: success rate (success at any step) and return per task, as in the paper's
 Tables 1 and 13 (50 episodes per task, mean over seeds).
 
-Sampling is deterministic for evaluation by default (DDIM with η = 0 from a seeded initial latent x_K), so a
-checkpoint's score is a function of (checkpoint, task, seed, episodes, num_envs): the env goals and initial states
-come from ``ChunkVecEnv``'s per-episode seeds and x_K from a ``torch.Generator`` seeded with ``seed``.
-``deterministic=False`` evaluates the stochastic policy that fine-tuning optimises (the η of the planner's config,
-with its std floor), also seeded: RL fine-tuning improves that policy's per-step Gaussians, and the η = 0
-sampler is a different map from x_K to actions, so the two can disagree after fine-tuning.
-
-Episodes run on ``ChunkVecEnv`` in rounds of lock-step envs.  When ``episodes`` is not a multiple of
-``num_envs``, the rounds are evened out (``ceil(E / ceil(E / N))`` envs) and surplus episodes of the last
-round, at most rounds − 1, are dropped.
+By default DDIM with η = 0 from a seeded x_K (goals and initial states come from ``ChunkVecEnv``'s episode
+seeds), so a score is a function of (checkpoint, task, seed, episodes, num_envs).  ``deterministic=False``
+evaluates, also seeded, the stochastic policy that fine-tuning optimises (the planner's η and std floor): the η = 0
+sampler is another map from x_K to actions, so the two can disagree after fine-tuning.  Episodes run in rounds of
+lock-step envs, evened out when ``episodes`` is not a multiple of ``num_envs``; the last round's surplus is dropped.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -39,12 +35,10 @@ def run_episodes(planner: DiffusionPlanner, venv, rounds: int, generator: torch.
     successes, returns, steps = [], [], 0
     for _ in range(rounds):
         obs = venv.reset()
-        ret = np.zeros(venv.num_envs)
-        done = np.zeros(venv.num_envs, bool)
+        ret, done = np.zeros(venv.num_envs), np.zeros(venv.num_envs, bool)
         success = done
         while not done.all():
-            chain = planner.sample(torch.from_numpy(obs).to(device), deterministic=deterministic,
-                                   generator=generator)
+            chain = planner.sample(torch.from_numpy(obs).to(device), deterministic=deterministic, generator=generator)
             out = venv.step_chunk(planner.executed_actions(chain.sample).float().cpu().numpy())
             obs, done, success = out.obs, out.done, out.success
             ret += out.reward
@@ -57,22 +51,18 @@ def run_episodes(planner: DiffusionPlanner, venv, rounds: int, generator: torch.
 def evaluate(planner: DiffusionPlanner, task: str, episodes: int = 50, seed: int = 0, num_envs: int = 10,
              num_workers: int | None = None, max_episode_steps: int = 500, venv=None,
              deterministic: bool = True) -> dict:
-    """Evaluate ``planner`` on ``task`` for ``episodes`` episodes; returns a JSON-ready dict with
-    ``success_rate``, ``return_mean``, ``return_std`` (over episodes) and the per-episode values.
-
-    ``venv``: an open ``ChunkVecEnv`` of ``task`` to reuse (fine-tuning evaluates every few env steps and
-    saves the worker start-up); its ``num_envs`` then replaces ``num_envs`` and it is left open.
-    """
+    """A JSON-ready dict: ``success_rate``, ``return_mean``, ``return_std`` (over episodes), per-episode values.
+    ``venv``: an open ``ChunkVecEnv`` of ``task`` to reuse (saves the worker start-up); its ``num_envs`` then
+    replaces ``num_envs`` and it is left open."""
     from sodp_fast.envs.workers import ChunkVecEnv
 
     c = planner.config
     own = venv is None
-    rounds, n = rounds_for(episodes, venv.num_envs if venv is not None else num_envs)
+    rounds, n = rounds_for(episodes, num_envs if own else venv.num_envs)
     if own:
         venv = ChunkVecEnv(task, n, seed=seed, n_obs_steps=c.n_obs_steps, n_action_steps=c.n_action_steps,
                            num_workers=num_workers, max_episode_steps=max_episode_steps)
-    device = next(planner.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
+    generator = torch.Generator(next(planner.parameters()).device).manual_seed(seed)
     was_training = planner.training
     planner.eval()
     t0 = time.perf_counter()
@@ -105,10 +95,8 @@ def evaluate_tasks(planner: DiffusionPlanner, tasks: list[str], episodes: int = 
         rets = np.concatenate([r["returns"] for r in runs])
         per_task[task] = {"success_mean": float(rates.mean()), "success_std": float(rates.std()),
                           "return_mean": float(rets.mean()), "return_std": float(rets.std()), "runs": runs}
-    def over_seeds(key):  # [seeds] task-averaged values
-        return np.array([np.mean([per_task[t]["runs"][i][key] for t in tasks]) for i in range(len(seeds))])
-
-    rate, ret = over_seeds("success_rate"), over_seeds("return_mean")
+    rate, ret = (np.array([np.mean([per_task[t]["runs"][i][key] for t in tasks]) for i in range(len(seeds))])
+                 for key in ("success_rate", "return_mean"))  # [seeds] task-averaged values
     average = {"success_mean": float(rate.mean()), "success_std": float(rate.std()),
                "return_mean": float(ret.mean()), "return_std": float(ret.std())}
     return {"tasks": per_task, "average": average, "episodes": episodes, "seeds": list(seeds),
@@ -128,26 +116,21 @@ def markdown_table(results: dict) -> str:
 
 
 class CurveEvaluator:
-    """Learning-curve evaluations during training on one vector env, opened on first use and kept open (it
-    saves the worker start-up); every evaluation replays the same episodes (the env is sought back to episode
-    0), so each point of a curve sees the same goals and initial states. ``make_env(num_envs, seed, workers)``
-    builds the env (``sodp_fast.envs.workers.EnvFactory``); ``timers`` (optional) gets an ``eval`` phase."""
+    """Learning-curve evaluations on one vector env (``make_env``: an ``EnvFactory``), kept open to save the worker
+    start-up and sought back to episode 0 each time, so every point of a curve sees the same goals and initial
+    states; ``timers`` (optional) gets an ``eval`` phase."""
 
-    def __init__(self, make_env, task: str, episodes: int, num_envs: int, seed: int, num_workers=None,
-                 timers=None):
+    def __init__(self, make_env, task: str, episodes: int, num_envs: int, seed: int, num_workers=None, timers=None):
         self.make_env, self.task, self.episodes, self.seed, self.timers = make_env, task, episodes, seed, timers
         self.num_envs, self.num_workers, self.venv = min(num_envs, episodes), num_workers, None
 
     def __call__(self, planner: DiffusionPlanner) -> dict[str, float]:
-        import contextlib
-
         with self.timers("eval") if self.timers is not None else contextlib.nullcontext():
             if self.venv is None:
                 self.venv = self.make_env(self.num_envs, self.seed + 7919, self.num_workers)
             self.venv.seek(0)
             res = evaluate(planner, self.task, self.episodes, seed=self.seed, venv=self.venv)
-        return {"eval_success_rate": res["success_rate"], "eval_return_mean": res["return_mean"],
-                "eval_return_std": res["return_std"]}
+        return {f"eval_{k}": res[k] for k in ("success_rate", "return_mean", "return_std")}
 
     def close(self) -> None:
         if self.venv is not None:

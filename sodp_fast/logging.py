@@ -1,12 +1,12 @@
-"""Run metrics: one JSON object per line in ``<run>/metrics.jsonl`` (always), TensorBoard scalars when the
-``tensorboard`` package is installed, and a PNG of the curves (matplotlib, Agg backend: no display needed).
+"""Run metrics: one JSON object per line in ``<run>/metrics.jsonl``, TensorBoard scalars when ``tensorboard`` is
+installed, and a PNG of the curves (matplotlib, Agg backend: no display needed).
 
-JSONL because it is appended line by line, survives a kill mid-run (a torn last line is skipped on read)
-and needs nothing to read.  On resume, records past the resumed step are dropped so the file describes one
-consistent run.
+JSONL because it is appended line by line and survives a kill mid-run (a torn last line is skipped on read).  On
+resume, records past the resumed step are dropped so the file describes one consistent run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -25,31 +25,15 @@ def read_metrics(path: str | Path) -> list[dict]:
         path = path / METRICS_FILE
     if not path.exists():
         return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and "step" in rec:
-            out.append(rec)
-    return out
-
-
-def _tensorboard_writer(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    def parse(line: str):
+        with contextlib.suppress(json.JSONDecodeError):
+            return json.loads(line)
+    return [r for r in map(parse, path.read_text().splitlines()) if isinstance(r, dict) and "step" in r]
 
 
 class RunLogger:
-    """``RunLogger(run_dir).log(step, loss=…, lr=…)``; ``close()`` also writes the curves PNG.
-
-    ``resume_step``: keep only records up to that step (the checkpoint a run resumed from).
-    ``enabled=False`` makes every call a no-op (non-zero ranks of a distributed run).
-    """
+    """``RunLogger(run_dir).log(step, loss=…, lr=…)``; ``close()`` also writes the curves PNG.  ``resume_step``:
+    keep only records up to it (the checkpoint resumed from); ``enabled=False``: all no-ops (non-zero ranks)."""
 
     def __init__(self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True,
                  enabled: bool = True):
@@ -65,13 +49,15 @@ class RunLogger:
             kept = [r for r in read_metrics(path) if r["step"] <= resume_step]
             write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(path, "a")
-        self._tb = _tensorboard_writer(self.run_dir) if tensorboard else None
+        if tensorboard:
+            with contextlib.suppress(ImportError):  # tensorboard is optional
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def log(self, step: int, **metrics: float) -> None:
         if not self.enabled:
             return
-        clean = {k: (float(v) if isinstance(v, (int, float)) or hasattr(v, "item") else v)
-                 for k, v in metrics.items()}
+        clean = {k: (float(v) if isinstance(v, (int, float)) or hasattr(v, "item") else v) for k, v in metrics.items()}
         self._file.write(json.dumps({"step": int(step), "time": round(time.time(), 3), **clean}) + "\n")
         self._file.flush()
         if self._tb is not None:
@@ -80,9 +66,7 @@ class RunLogger:
                     self._tb.add_scalar(k, v, step)
 
     def plot(self) -> Path | None:
-        if not self.enabled:
-            return None
-        return plot_curves(self.run_dir / METRICS_FILE, self.run_dir / CURVES_FILE)
+        return plot_curves(self.run_dir / METRICS_FILE, self.run_dir / CURVES_FILE) if self.enabled else None
 
     def close(self) -> None:
         if not self.enabled or self._file is None:

@@ -1,8 +1,5 @@
-"""Learning curves of several runs on one figure (ablations like the paper's Figures 4, 5 and 7).
-
-Each run folder's ``metrics.jsonl`` (``sodp_fast.logging``) gives one line per panel, a ``sodp repro`` folder one
-line per fine-tuning run; the x axis is the record's ``step``, which fine-tuning logs in env steps.
-"""
+"""Learning curves of several runs on one figure (ablations like the paper's Figures 4, 5 and 7): a run folder's
+``metrics.jsonl`` gives one line per panel, a ``sodp repro`` folder one per fine-tuning run; x is env steps."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,10 +28,8 @@ def plot_runs(runs: list[str | Path], out: str | Path, keys: tuple[str, ...] = C
     if len(labels) != len(runs):
         raise SodpError(f"{len(labels)} labels for {len(runs)} runs ({', '.join(map(str, runs))})")
     series = [(label, read_metrics(run)) for run, label in zip(runs, labels)]
-    for run, (_, recs) in zip(runs, series):
-        if not recs:
-            raise SodpError(f"{run}: no metrics.jsonl records")
-    path = plot_curves(series, out, list(keys), title, xlabel="env steps")
-    if path is None:
+    if empty := [run for run, (_, recs) in zip(runs, series) if not recs]:
+        raise SodpError(f"{empty[0]}: no metrics.jsonl records")
+    if (path := plot_curves(series, out, list(keys), title, xlabel="env steps")) is None:
         raise SodpError(f"none of the runs has any of {', '.join(keys)}")
     return path

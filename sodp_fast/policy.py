@@ -1,9 +1,6 @@
-"""DiffusionPlanner: observation history → action sequence, the object that is pre-trained, fine-tuned,
-checkpointed and rolled out.
-
-It owns the U-Net, the observation normaliser, the noise schedule and the DDIM sampler. Actions are modelled in
-the environment's own units: Meta-World actions already live in [−1, 1], the box x̂0 is clipped to, so they need
-no normaliser. Observations are standardised with dataset statistics stored in the checkpoint.
+"""DiffusionPlanner: observation history → action sequence; owns the U-Net, the observation normaliser, the noise
+schedule and the DDIM sampler.  Actions need no normaliser: Meta-World's already live in [−1, 1], the box x̂0 is
+clipped to.  Observations are standardised with dataset statistics stored in the checkpoint.
 """
 from __future__ import annotations
 

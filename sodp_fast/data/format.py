@@ -10,18 +10,15 @@ Layout (format version 1)::
     <root>/<task>/success.npy       [E] bool               info["success"] was ever true in the episode
     <root>/<task>/task.json         the task's record; written last, so its presence marks a complete task
 
-Plain ``.npy`` files so that tens of millions of transitions can be memory-mapped
-(``np.load(mmap_mode="r", allow_pickle=False)``) instead of copied; nothing is ever unpickled.  Every
-file is written to a temporary file in the same folder and moved into place with ``os.replace``, so a
-crash leaves either the old file or the new one, never half of one.  Observation statistics (count,
-mean, variance, min, max per dimension) are computed at write time and stored per task; the dataset's
-statistics pool them exactly.
+Plain ``.npy`` files, memory-mapped (tens of millions of transitions) and never unpickled, each written atomically.
+Observation statistics are computed at write time and stored per task; the dataset's pool them exactly.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -35,8 +32,7 @@ MANIFEST = "manifest.json"
 TASK_RECORD = "task.json"
 ARRAYS: dict[str, tuple[type, int]] = {  # name -> (dtype, ndim)
     "observations": (np.float32, 2), "actions": (np.float32, 2), "rewards": (np.float32, 1),
-    "episode_ends": (np.int64, 1), "success": (np.bool_, 1),
-}
+    "episode_ends": (np.int64, 1), "success": (np.bool_, 1)}
 
 
 class DataFormatError(SodpError):
@@ -111,22 +107,14 @@ class MultiTaskDataset:
     manifest: dict = field(repr=False)
 
 
-class _Writer:
-    """Only ``write``: np.save then writes through Python, whose errors carry errno (a full disk says so;
-    ``ndarray.tofile``, used for real files, reports only a short count)."""
-
-    def __init__(self, f):
-        self.write = f.write
-
-
-def _write_npy(tmp: str, array: np.ndarray) -> None:
-    with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a bare path
-        np.save(_Writer(f), np.ascontiguousarray(array), allow_pickle=False)
-
-
 def save_array(path: Path, array: np.ndarray) -> None:
     """Write one ``.npy`` atomically."""
-    atomic_write(path, lambda tmp: _write_npy(tmp, array))
+    def write(tmp: str) -> None:
+        # np.save gets an object with only ``write`` (to a bare path it would append ".npy"), so it writes via
+        # Python, whose errors carry errno (a full disk says so; ``ndarray.tofile`` reports only a short count).
+        with open(tmp, "wb") as f:
+            np.save(SimpleNamespace(write=f.write), np.ascontiguousarray(array), allow_pickle=False)
+    atomic_write(path, write)
 
 
 def read_json(path: Path) -> dict:
@@ -149,10 +137,9 @@ def check_finite(path_or_name, array: np.ndarray, chunk: int = 1 << 20) -> None:
     if array.dtype.kind != "f":
         return
     for s in range(0, len(array), chunk):
-        block = array[s:s + chunk]
-        if not np.isfinite(block).all():
-            row = s + int(np.argwhere(~np.isfinite(block))[0][0])
-            raise DataFormatError(f"{path_or_name}: NaN or inf at row {row}")
+        bad = ~np.isfinite(array[s:s + chunk])
+        if bad.any():
+            raise DataFormatError(f"{path_or_name}: NaN or inf at row {s + int(np.argwhere(bad)[0][0])}")
 
 
 def validate_task(data: TaskData, where: str, obs_dim: int | None = None, action_dim: int | None = None,
@@ -169,8 +156,7 @@ def validate_task(data: TaskData, where: str, obs_dim: int | None = None, action
         if len(getattr(data, name)) != t:
             raise DataFormatError(f"{where}/{name}: {len(getattr(data, name))} rows, observations has {t}")
     for name, want in (("observations", obs_dim), ("actions", action_dim)):
-        got = getattr(data, name).shape[1]
-        if want is not None and got != want:
+        if want is not None and (got := getattr(data, name).shape[1]) != want:
             raise DataFormatError(f"{where}/{name}: dimension {got}, expected {want}")
     ends = np.asarray(data.episode_ends)
     if t == 0 or len(ends) == 0 or ends[-1] != t or ends[0] <= 0 or np.any(np.diff(ends) <= 0):
@@ -184,18 +170,16 @@ def validate_task(data: TaskData, where: str, obs_dim: int | None = None, action
 
 def write_task(root: Path, data: TaskData, settings: dict | None = None) -> dict:
     """Validate and write one task folder; ``task.json`` goes last and marks the task complete."""
-    root = Path(root)
-    folder = root / data.task
+    folder = Path(root) / data.task
     validate_task(data, str(folder))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / TASK_RECORD).unlink(missing_ok=True)  # incomplete until the record is rewritten
     for name in ARRAYS:
         save_array(folder / f"{name}.npy", getattr(data, name))
-    returns = data.episode_returns()
     record = {
         "task": data.task, "transitions": data.num_transitions, "episodes": data.num_episodes,
         "obs_dim": int(data.observations.shape[1]), "action_dim": int(data.actions.shape[1]),
-        "success_rate": float(np.mean(data.success)), "mean_return": float(returns.mean()),
+        "success_rate": float(np.mean(data.success)), "mean_return": float(data.episode_returns().mean()),
         "obs_stats": ObsStats.of(data.observations).to_json(), "settings": settings or {},
     }
     write_json(folder / TASK_RECORD, record)
@@ -204,24 +188,17 @@ def write_task(root: Path, data: TaskData, settings: dict | None = None) -> dict
 
 def task_record(root: Path, task: str) -> dict | None:
     """The record of a complete task, or None if the task is missing or was interrupted."""
-    path = Path(root) / task / TASK_RECORD
-    if not path.exists():
+    folder = Path(root) / task
+    if not (folder / TASK_RECORD).exists():
         return None
-    record = read_json(path)
-    for name in ARRAYS:
-        if not (Path(root) / task / f"{name}.npy").exists():
-            return None
-    return record
+    record = read_json(folder / TASK_RECORD)
+    return record if all((folder / f"{name}.npy").exists() for name in ARRAYS) else None
 
 
 def write_manifest(root: Path, settings: dict | None = None) -> dict:
     """(Re)write ``manifest.json`` from the complete task folders under ``root``."""
     root = Path(root)
-    records = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        rec = task_record(root, folder.name)
-        if rec is not None:
-            records[folder.name] = rec
+    records = {p.name: r for p in sorted(root.iterdir()) if p.is_dir() and (r := task_record(root, p.name)) is not None}
     if not records:
         raise DataFormatError(f"{root}: no complete task folders")
     dims = {(r["obs_dim"], r["action_dim"]) for r in records.values()}
@@ -248,15 +225,6 @@ def _load_array(path: Path) -> np.ndarray:
         raise DataFormatError(f"{path}: unreadable or truncated ({e})") from None
 
 
-def load_task(root: Path, task: str, finite: bool = True) -> TaskData:
-    """Memory-map one task folder and validate it."""
-    folder = Path(root) / task
-    arrays = {name: _load_array(folder / f"{name}.npy") for name in ARRAYS}
-    data = TaskData(task, **arrays)
-    validate_task(data, str(folder), finite=finite)
-    return data
-
-
 def load_dataset(root, tasks: list[str] | str | None = None, finite: bool = True) -> MultiTaskDataset:
     """Memory-map the dataset at ``root`` (all tasks, or the named ones) and check it against its manifest.
 
@@ -274,30 +242,22 @@ def load_dataset(root, tasks: list[str] | str | None = None, finite: bool = True
     if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
         raise DataFormatError(f"{root / MANIFEST}: not a {FORMAT_NAME} v{FORMAT_VERSION} manifest")
     try:
-        return _load_dataset(root, manifest, tasks, finite)
+        available = manifest["tasks"]
+        names = list(available) if tasks is None else resolve_tasks(tasks)
+        if missing := [t for t in names if t not in available]:
+            raise DataFormatError(f"{root}: tasks not in dataset: {', '.join(missing)}")
+        out = {}
+        for t in names:  # memory-mapped, then checked on its own and against the manifest
+            data = out[t] = TaskData(t, **{name: _load_array(root / t / f"{name}.npy") for name in ARRAYS})
+            validate_task(data, str(root / t), finite=finite)
+            rec = available[t]
+            if data.num_transitions != rec["transitions"] or data.num_episodes != rec["episodes"]:
+                raise DataFormatError(f"{root / t}: {data.num_transitions} transitions / {data.num_episodes} "
+                                      f"episodes on disk, manifest says {rec['transitions']} / {rec['episodes']}")
+            validate_task(data, str(root / t), manifest["obs_dim"], manifest["action_dim"], finite=False)
+        stats = ObsStats.pool([ObsStats.from_json(available[t]["obs_stats"]) for t in names])
+        return MultiTaskDataset(root, out, manifest["obs_dim"], manifest["action_dim"], stats, manifest)
     except SodpError:
         raise
     except (KeyError, TypeError, ValueError) as e:  # a manifest with the right header but broken records
         raise DataFormatError(f"{root / MANIFEST}: malformed manifest ({type(e).__name__}: {e})") from None
-
-
-def _load_dataset(root: Path, manifest: dict, tasks, finite: bool) -> MultiTaskDataset:
-    available = manifest["tasks"]
-    if tasks is None:
-        names = list(available)
-    else:
-        names = resolve_tasks(tasks)
-        missing = [t for t in names if t not in available]
-        if missing:
-            raise DataFormatError(f"{root}: tasks not in dataset: {', '.join(missing)}")
-    out = {}
-    for t in names:
-        data = load_task(root, t, finite)
-        rec = available[t]
-        if data.num_transitions != rec["transitions"] or data.num_episodes != rec["episodes"]:
-            raise DataFormatError(f"{root / t}: {data.num_transitions} transitions / {data.num_episodes} episodes "
-                                  f"on disk, manifest says {rec['transitions']} / {rec['episodes']}")
-        validate_task(data, str(root / t), manifest["obs_dim"], manifest["action_dim"], finite=False)
-        out[t] = data
-    stats = ObsStats.pool([ObsStats.from_json(available[t]["obs_stats"]) for t in names])
-    return MultiTaskDataset(root, out, manifest["obs_dim"], manifest["action_dim"], stats, manifest)

@@ -1,23 +1,15 @@
 """Sub-optimal multi-task Meta-World data from noisy scripted experts.
 
-The paper pre-trains on the first half of an SAC agent's replay buffer: early episodes are near-random,
-late ones near-expert.  We imitate that shape with Meta-World's scripted experts and an episode-level
-noise schedule: at episode progress p in [0, 1] (first to last episode of the task), each step takes a
-uniform random action with probability ``rand_prob(p)`` and otherwise the expert's action plus Gaussian
-noise of std ``sigma(p)``, clipped to [-1, 1].  Both anneal from ``start`` to ``end`` along p**power.
+The paper pre-trains on the first half of an SAC agent's replay buffer: early episodes near-random, late ones
+near-expert.  We imitate that shape with Meta-World's scripted experts: at episode progress p in [0, 1] (first to
+last episode of the task), each step takes a uniform random action with probability ``rand_prob(p)``, otherwise
+the expert's action plus Gaussian noise of std ``sigma(p)``, clipped to [-1, 1]; both anneal along p**power.
 
-Calibration (see ``SCHEDULES``): easy tasks are solved even by a mostly random policy, so a linear
-schedule makes them near-expert after a fifth of the data; their schedule therefore stays noisier for
-longer (higher power, noisier end point).  The rule is one schedule per difficulty class of Seo et al.
-(the split the paper uses), with per-task overrides in ``TASK_SCHEDULES`` where a class schedule did not
-give a graded success curve.  ``sodp data inspect`` reports success and return by episode quintile.
-
-Full paper-MT10 dataset (1 M transitions per task, as in the paper; hours on 2 cores)::
-
-    sodp data generate --tasks paper-mt10 --transitions-per-task 1000000 --out data/paper-mt10 --workers 2
-
-Every episode is a pure function of (seed, task, episode number), so output is bit-identical for any
-number of workers, and a rerun skips tasks whose folders are complete.
+Calibration: one schedule per difficulty class of Seo et al. (the paper's split).  Easy tasks are solved even by a
+mostly random policy, so theirs stays noisier for longer (higher power, noisier end), with per-task overrides in
+``TASK_SCHEDULES`` where a class schedule did not give a graded success curve (``sodp data inspect`` reports
+success by episode quintile).  Every episode is a pure function of (seed, task, episode number), so output is
+bit-identical for any number of workers; a rerun skips complete tasks.
 """
 from __future__ import annotations
 
@@ -84,34 +76,28 @@ class GenerateSettings:
         return {**asdict(self), "schedule": asdict(schedule_for(task)), "expert": "metaworld.policies"}
 
 
-def _task_seed(seed: int, task: str) -> np.random.SeedSequence:
-    return np.random.SeedSequence([seed, MT50.index(task)])
-
-
 def generate_task(task: str, settings: GenerateSettings, progress=None) -> TaskData:
     """Roll out ceil(transitions / max_episode_steps) whole episodes of the noisy expert on ``task``."""
     from metaworld.policies import ENV_POLICY_MAP
 
     steps = settings.max_episode_steps
     n_episodes = max(1, math.ceil(settings.transitions_per_task / steps))
-    env_ss, noise_ss, episode_ss = _task_seed(settings.seed, task).spawn(3)
+    env_ss, noise_ss, episode_ss = np.random.SeedSequence([settings.seed, MT50.index(task)]).spawn(3)
     env = make_env(task, int(env_ss.generate_state(1)[0]), steps, settings.goals, goal_seed=settings.seed)
     expert = ENV_POLICY_MAP[task]()
     rng = np.random.default_rng(noise_ss)
     schedule = schedule_for(task)
-    adim = env.action_space.shape[0]
-    obs_buf = np.empty((n_episodes * steps, env.observation_space.shape[0]), np.float32)
-    act_buf = np.empty((n_episodes * steps, adim), np.float32)
-    rew_buf = np.empty(n_episodes * steps, np.float32)
+    adim, total = env.action_space.shape[0], n_episodes * steps
+    obs_buf = np.empty((total, env.observation_space.shape[0]), np.float32)
+    act_buf, rew_buf = np.empty((total, adim), np.float32), np.empty(total, np.float32)
     success = np.zeros(n_episodes, bool)
     episode_seeds = episode_ss.generate_state(n_episodes, np.uint32)
-    t = 0
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
         for e in range(n_episodes):
             rand_prob, sigma = schedule.at(e / max(1, n_episodes - 1))
             obs, _ = env.reset(seed=int(episode_seeds[e]))
-            for _ in range(steps):
+            for t in range(e * steps, (e + 1) * steps):
                 if rng.random() < rand_prob:
                     action = rng.uniform(-1.0, 1.0, adim)
                 else:
@@ -121,7 +107,6 @@ def generate_task(task: str, settings: GenerateSettings, progress=None) -> TaskD
                 obs, reward, _, truncated, info = env.step(action)
                 rew_buf[t] = reward
                 success[e] |= bool(info["success"])
-                t += 1
                 if truncated:
                     break
             if progress is not None:
@@ -158,8 +143,7 @@ def _exit_with(pid: int) -> None:
 
 
 def _generate_and_write(task: str, settings: GenerateSettings, out: str) -> dict:
-    data = generate_task(task, settings, _progress_queue)
-    return write_task(Path(out), data, settings.for_task(task))
+    return write_task(Path(out), generate_task(task, settings, _progress_queue), settings.for_task(task))
 
 
 def pending_tasks(out: Path, tasks: list[str], settings: GenerateSettings) -> list[str]:
@@ -176,12 +160,8 @@ def pending_tasks(out: Path, tasks: list[str], settings: GenerateSettings) -> li
 
 def generate(tasks: str | list[str], out, transitions_per_task: int, seed: int = 0, workers: int = 1,
              max_episode_steps: int = MAX_EPISODE_STEPS, goals: str = "presampled", progress: bool = True) -> dict:
-    """Generate (or finish) a dataset at ``out``, one process per task at a time; returns the manifest.
-
-    ``workers=0`` runs in this process.  The manifest is rewritten after every finished task.  ``out`` is a run
-    folder (``sodp_fast.train.run.RunFolder``): locked while generating, and temporaries that a killed run left
-    are removed when it is opened again.
-    """
+    """Generate (or finish) a dataset at ``out``, one process per task at a time (``workers=0``: this process);
+    the manifest is rewritten after every task and returned.  ``out`` is a locked run folder (``RunFolder``)."""
     from sodp_fast.train.run import Progress, RunFolder
 
     names = resolve_tasks(tasks)
@@ -207,8 +187,7 @@ def generate(tasks: str | list[str], out, transitions_per_task: int, seed: int =
             queue = ctx.Queue()
             with cf.ProcessPoolExecutor(min(workers, max(1, len(todo))), mp_context=ctx, initializer=_init_worker,
                                         initargs=(queue, os.getpid())) as pool:
-                futures = {pool.submit(_generate_and_write, t, settings, str(out)): t for t in todo}
-                remaining = set(futures)
+                remaining = {pool.submit(_generate_and_write, t, settings, str(out)) for t in todo}
                 while remaining:
                     done, remaining = cf.wait(remaining, timeout=0.2)
                     while not queue.empty():

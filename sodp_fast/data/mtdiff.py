@@ -1,13 +1,9 @@
 """Import the public MTDiff / HarmoDT Meta-World data into our format.
 
 That data (what the paper pre-trains on) is one ``.npz`` per episode with keys ``observations`` [T, 39],
-``actions`` [T, 4], ``rewards`` [T] and ``terminals`` (some copies ``dones``), stored as
-``<root>/<task>/<i>.npz`` or ``<root>/<task>/<sub>/dataset/*.npz``, with ``-v2`` task names that map
-one-to-one to the ``-v3`` names.  It has no success flags; if an episode file has a ``success`` or
-``successes`` array it is used, otherwise episodes are recorded as unsuccessful and the task's settings
-say ``success_known: false``.
-
-    sodp data import-mtdiff SRC --out DIR
+``actions`` [T, 4], ``rewards`` [T] and ``terminals`` (or ``dones``), as ``<root>/<task>/<i>.npz`` or
+``<root>/<task>/<sub>/dataset/*.npz``, with ``-v2`` task names.  It has no success flags: a ``success`` or
+``successes`` array is used if present, else episodes count as unsuccessful and settings say ``success_known: false``.
 """
 from __future__ import annotations
 
@@ -22,10 +18,6 @@ from sodp_fast.envs.metaworld import ACTION_DIM, OBS_DIM
 from sodp_fast.envs.tasks import canonical_task, resolve_tasks
 
 
-def _natural_key(path: Path):
-    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", str(path))]
-
-
 def find_episode_files(root) -> dict[str, list[Path]]:
     """Map each -v3 task name to its episode files, in natural order, for both known layouts."""
     root = Path(root)
@@ -33,7 +25,8 @@ def find_episode_files(root) -> dict[str, list[Path]]:
         raise DataFormatError(f"{root}: not a directory")
     found: dict[str, list[Path]] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(list(folder.glob("*.npz")) + list(folder.glob("*/dataset/*.npz")), key=_natural_key)
+        files = sorted([*folder.glob("*.npz"), *folder.glob("*/dataset/*.npz")],  # natural order: 2.npz before 10.npz
+                       key=lambda p: [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", str(p))])
         if files:
             task = canonical_task(folder.name)
             if task in found:
@@ -75,14 +68,12 @@ def _read_episode(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool 
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataFormatError(f"{path}: unreadable or truncated .npz ({e})") from None
-    missing = [k for k in ("observations", "actions", "rewards") if k not in arrays]
-    if missing:
+    if missing := [k for k in ("observations", "actions", "rewards") if k not in arrays]:
         raise DataFormatError(f"{path}: missing key(s) {', '.join(missing)} (has {', '.join(sorted(arrays))})")
     obs, act, rew = arrays["observations"], arrays["actions"], np.reshape(arrays["rewards"], -1)
-    if obs.ndim != 2 or obs.shape[1] != OBS_DIM:
-        raise DataFormatError(f"{path}: observations have shape {list(obs.shape)}, expected [T, {OBS_DIM}]")
-    if act.ndim != 2 or act.shape[1] != ACTION_DIM:
-        raise DataFormatError(f"{path}: actions have shape {list(act.shape)}, expected [T, {ACTION_DIM}]")
+    for name, a, dim in (("observations", obs, OBS_DIM), ("actions", act, ACTION_DIM)):
+        if a.ndim != 2 or a.shape[1] != dim:
+            raise DataFormatError(f"{path}: {name} have shape {list(a.shape)}, expected [T, {dim}]")
     if len(obs) == len(act) + 1:  # some copies keep the final observation
         obs = obs[:-1]
     if not (len(obs) == len(act) == len(rew)) or len(act) == 0:
@@ -98,9 +89,8 @@ def read_mtdiff_task(task: str, files: list[Path]) -> tuple[TaskData, bool]:
     episodes = [_read_episode(f) for f in files]
     ends = np.cumsum([len(e[1]) for e in episodes]).astype(np.int64)
     success = np.array([bool(e[3]) for e in episodes])
-    data = TaskData(task, np.concatenate([e[0] for e in episodes]).astype(np.float32),
-                    np.concatenate([e[1] for e in episodes]).astype(np.float32),
-                    np.concatenate([e[2] for e in episodes]).astype(np.float32), ends, success)
+    data = TaskData(task, *(np.concatenate([e[k] for e in episodes]).astype(np.float32) for k in range(3)), ends,
+                    success)
     return data, all(e[3] is not None for e in episodes)
 
 
@@ -109,15 +99,12 @@ def import_mtdiff(src, out, tasks: list[str] | None = None, progress: bool = Tru
     from sodp_fast.train.run import Progress, RunFolder
 
     found = find_episode_files(src)
-    if tasks is not None:
-        wanted = resolve_tasks(tasks)
-        missing = [t for t in wanted if t not in found]
-        if missing:
-            raise DataFormatError(f"{src}: no episode files for {', '.join(missing)}")
-        found = {t: found[t] for t in wanted}
+    wanted = list(found) if tasks is None else resolve_tasks(tasks)
+    if missing := [t for t in wanted if t not in found]:
+        raise DataFormatError(f"{src}: no episode files for {', '.join(missing)}")
+    found = {t: found[t] for t in wanted}
     with RunFolder(out) as folder:
-        existing = [t for t in found if task_record(folder.path, t) is not None]
-        if existing:
+        if existing := [t for t in found if task_record(folder.path, t) is not None]:
             raise DataFormatError(f"{folder.path / existing[0]}: the dataset already holds this task; import "
                                   "into another --out (importing never replaces data)")
         bar = Progress(len(found), "import", "task", enabled=progress, interval=0)

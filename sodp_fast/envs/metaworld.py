@@ -1,10 +1,9 @@
 """One Meta-World v3 environment with random goals, an observation history and chunked execution.
 
-A planner sees the last ``To`` observations and proposes ``Tp`` actions, of which ``Ta`` are executed
-before it plans again (paper B.2/B.3: To=2, Tp=12, Ta=8).  Episodes never terminate early and truncate at
-``max_episode_steps`` (500, not a multiple of 8), so a chunk stops early at truncation.  Success counts if
-``info["success"]`` was true at any step, as Meta-World's own evaluation does: scripted and learned
-policies often move on after succeeding and the flag drops again.
+A planner sees the last ``To`` observations and proposes ``Tp`` actions, of which ``Ta`` are executed before it
+plans again (paper B.2/B.3: To=2, Tp=12, Ta=8).  Episodes never terminate early and truncate at 500 steps (not a
+multiple of 8): the last chunk stops early.  Success counts if ``info["success"]`` was true at any step, as in
+Meta-World's own evaluation: policies often move on after succeeding and the flag drops again.
 """
 from __future__ import annotations
 
@@ -30,13 +29,10 @@ def _goal_pool(task: str, goal_seed: int) -> tuple:
     return bench.train_classes[task], tuple(bench.train_tasks)
 
 
-class MetaWorldEnv(gym.Env):
-    """A thin Gymnasium env over one Meta-World task that picks a goal at every reset.
-
-    ``goals="presampled"`` draws from the benchmark's 50 goals (MT50-rand as in the paper);
-    ``goals="fresh"`` samples a new goal position from the task's goal space at each reset.  Passing
-    ``seed`` to :meth:`reset` makes that episode (goal and initial state) a pure function of the seed,
-    which is what lets a restarted worker replay an episode exactly.
+class MetaWorldEnv(gym.Wrapper):
+    """One Meta-World task that picks a goal at every reset: ``goals="presampled"`` from the benchmark's 50 goals
+    (MT50-rand as in the paper), ``goals="fresh"`` a new one from the task's goal space.  ``reset(seed=...)``
+    makes the episode (goal and initial state) a pure function of the seed: a restarted worker replays it exactly.
     """
 
     def __init__(self, task: str, seed: int = 0, max_episode_steps: int = MAX_EPISODE_STEPS,
@@ -45,77 +41,53 @@ class MetaWorldEnv(gym.Env):
             raise ValueError(f"goals must be 'presampled' or 'fresh', not {goals!r}")
         self.task = canonical_task(task)
         env_cls, self._tasks = _goal_pool(self.task, seed if goal_seed is None else goal_seed)
-        self._env = env_cls()
-        self._env.max_path_length = max_episode_steps  # Meta-World truncates (and refuses steps) here
+        super().__init__(env_cls())
+        self.env.max_path_length = max_episode_steps  # Meta-World truncates (and refuses steps) here
         self._fresh = goals == "fresh"
         self.max_episode_steps = max_episode_steps
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float64)
-        self.action_space = self._env.action_space
         self._rng = np.random.default_rng(seed)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-        self._env.set_task(self._tasks[int(self._rng.integers(len(self._tasks)))])
-        self._env.seed(int(self._rng.integers(2**31)))
+        self.env.set_task(self._tasks[int(self._rng.integers(len(self._tasks)))])
+        self.env.seed(int(self._rng.integers(2**31)))
         if self._fresh:
-            self._env._freeze_rand_vec = False  # sample the goal from the env's own (just seeded) RNG,
-            self._env.seeded_rand_vec = True    # not from numpy's global one
-        return self._env.reset()
-
-    def step(self, action):
-        return self._env.step(action)
-
-    def close(self):
-        self._env.close()
+            self.env._freeze_rand_vec = False  # sample the goal from the env's own (just seeded) RNG,
+            self.env.seeded_rand_vec = True    # not from numpy's global one
+        return self.env.reset()
 
 
-def make_env(task: str, seed: int = 0, max_episode_steps: int = MAX_EPISODE_STEPS,
-             goals: str = "presampled", goal_seed: int | None = None) -> MetaWorldEnv:
-    """Create one random-goal Meta-World v3 env (``task`` with or without ``-v3``)."""
-    return MetaWorldEnv(task, seed, max_episode_steps, goals, goal_seed)
-
-
-class ObsHistory:
-    """The last ``n`` observations, oldest first; the first observation of an episode fills all slots."""
-
-    def __init__(self, n: int, obs_dim: int):
-        self.buf = np.zeros((n, obs_dim), np.float32)
-
-    def reset(self, obs: np.ndarray) -> np.ndarray:
-        self.buf[:] = obs
-        return self.buf.copy()
-
-    def push(self, obs: np.ndarray) -> None:
-        self.buf[:-1] = self.buf[1:]
-        self.buf[-1] = obs
+make_env = MetaWorldEnv  # one random-goal Meta-World v3 env (``task`` with or without ``-v3``)
 
 
 @dataclass
 class ChunkResult:
-    """What one env did during one chunk."""
+    """What one env did during one chunk (``workers.ChunkStep``: N envs, each field with a leading [N] axis)."""
 
     obs: np.ndarray   # [To, obs_dim] float32 history after the chunk
-    reward: float     # sum of executed rewards (gamma = 1)
-    done: bool        # the episode reached truncation
+    reward: float     # sum of executed rewards (gamma = 1), float64
+    done: bool        # the episode reached truncation (then call reset())
     success: bool     # info["success"] was true at some step of this episode so far
-    steps: int        # env steps executed in this chunk
+    steps: int        # env steps executed in this chunk, int64
 
 
 class ChunkEnv:
-    """Executes action chunks on one env, keeping its observation history and ever-success flag."""
+    """Executes action chunks on one env, keeping its ever-success flag and the last ``n_obs_steps``
+    observations, oldest first (the first observation of an episode fills all slots)."""
 
     def __init__(self, env: gym.Env, n_obs_steps: int = 2):
         self.env = env
         self.max_episode_steps = env.max_episode_steps
-        self.history = ObsHistory(n_obs_steps, env.observation_space.shape[0])
-        self.t = 0
-        self.success = False
+        self.history = np.zeros((n_obs_steps, env.observation_space.shape[0]), np.float32)
+        self.t, self.success = 0, False
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         obs, _ = self.env.reset(seed=seed)
         self.t, self.success = 0, False
-        return self.history.reset(obs)
+        self.history[:] = obs
+        return self.history.copy()
 
     def step_chunk(self, actions: np.ndarray) -> ChunkResult:
         """Execute ``min(len(actions), steps left)`` actions, clipped to [-1, 1]."""
@@ -126,8 +98,9 @@ class ChunkEnv:
         total = 0.0
         for a in actions:
             obs, reward, _, _, info = self.env.step(a)
-            self.history.push(obs)
+            self.history[:-1] = self.history[1:]
+            self.history[-1] = obs
             total += float(reward)
             self.success = self.success or bool(info["success"])
         self.t += n
-        return ChunkResult(self.history.buf.copy(), total, self.t >= self.max_episode_steps, self.success, n)
+        return ChunkResult(self.history.copy(), total, self.t >= self.max_episode_steps, self.success, n)

@@ -1,8 +1,5 @@
-"""Meta-World v3 task names and the named task sets used by SODP.
-
-Names are accepted with or without the ``-v3`` suffix (and ``-v2`` names from older datasets map to
-``-v3``), so command lines stay short and old data stays importable.
-"""
+"""Meta-World v3 task names and the named task sets used by SODP.  Names are accepted with or without ``-v3``
+(``-v2`` names of older datasets map to ``-v3``), so command lines stay short and old data stays importable."""
 from __future__ import annotations
 
 import difflib
@@ -61,15 +58,10 @@ class UnknownTaskError(SodpError, ValueError):
 
 def canonical_task(name: str) -> str:
     """Map ``reach``, ``reach-v2`` or ``Reach-V3`` to ``reach-v3``; raise with the closest name otherwise."""
-    base = name.strip().lower()
-    for suffix in ("-v3", "-v2"):
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-    full = base + "-v3"
-    if full in MT50:
-        return full
-    choices = [t[:-3] for t in MT50] + list(TASK_SETS)
-    close = difflib.get_close_matches(base, choices, n=1, cutoff=0.0)
+    base = name.strip().lower().removesuffix("-v3").removesuffix("-v2")
+    if base + "-v3" in MT50:
+        return base + "-v3"
+    close = difflib.get_close_matches(base, [t[:-3] for t in MT50] + list(TASK_SETS), n=1, cutoff=0.0)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise UnknownTaskError(f"unknown Meta-World task '{name}'{hint}")
 
@@ -78,10 +70,7 @@ def resolve_tasks(spec: str | list[str]) -> list[str]:
     """Expand set names (mt10, paper-mt10, mt50), comma lists and short names into unique -v3 names."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     out: list[str] = []
-    for item in items:
-        key = item.strip().lower()
-        if not key:
-            continue
+    for key in filter(None, (item.strip().lower() for item in items)):
         names = TASK_SETS[key] if key in TASK_SETS else (canonical_task(key),)
         out.extend(n for n in names if n not in out)
     if not out:

@@ -1,16 +1,15 @@
 """N copies of one task stepped chunk by chunk in worker processes, for one batched planner call per chunk.
 
-Why not Gymnasium's AsyncVectorEnv: it exchanges pickled messages per env step, which on 2 cores costs
-about as much as a 0.3 ms Meta-World step.  Here a worker runs a whole chunk (Ta steps) per command and
-exchanges actions and results through shared memory, so the pipe carries one tiny message per chunk.
+Not Gymnasium's AsyncVectorEnv: its pickled message per env step costs, on 2 cores, about as much as a 0.3 ms
+Meta-World step.  Here a worker runs a whole chunk (Ta steps) per command, through shared memory.
 
-Fault tolerance: the parent logs every executed action of the current episode and derives every episode's
-reset seed from (seed, env index, episode number).  If a worker dies, a new one is started and replays the
-episode of each of its envs exactly (MuJoCo is deterministic), then the interrupted chunk is re-run; the
-caller sees the same results it would have seen, plus a ``RuntimeWarning``.
+A worker that dies is restarted and replays its envs' episodes exactly (MuJoCo is deterministic): an episode's
+reset seed is a function of (seed, env index, episode), and the shared action buffer holds the episode's actions so
+far.  The interrupted chunk is then re-run: the caller sees the same results, plus a ``RuntimeWarning``.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing as mp
 import multiprocessing.connection
@@ -18,13 +17,12 @@ import os
 import signal
 import traceback
 import warnings
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from sodp_fast.envs.metaworld import ACTION_DIM, MAX_EPISODE_STEPS, OBS_DIM, ChunkEnv, make_env
-from sodp_fast.errors import ConfigError, SodpError, check_fits
+from sodp_fast.envs.metaworld import ACTION_DIM, MAX_EPISODE_STEPS, OBS_DIM, ChunkEnv, ChunkResult, make_env
+from sodp_fast.errors import CheckpointError, ConfigError, SodpError, check_fits
 
 MAX_RESTARTS_PER_CALL = 3
 
@@ -41,46 +39,33 @@ class ActionError(SodpError, ValueError):
     """Actions of the wrong shape or with NaN/inf."""
 
 
-@dataclass
-class ChunkStep:
-    """Results of one chunk for all N envs."""
-
-    obs: np.ndarray      # [N, To, obs_dim] float32 history after the chunk
-    reward: np.ndarray   # [N] float64, sum of executed rewards (gamma = 1)
-    done: np.ndarray     # [N] bool, episode reached truncation (then call reset())
-    success: np.ndarray  # [N] bool, info["success"] was ever true so far in this episode
-    steps: np.ndarray    # [N] int64, env steps executed in this chunk
+ChunkStep = ChunkResult  # results of one chunk for all N envs: each field an array with a leading [N] axis
 
 
 class _Buffers:
-    """Per-env result and action arrays; shared memory when workers are processes."""
+    """Per-env results, and the actions of the episode so far (``act``); shared memory."""
 
     def __init__(self, n: int, to: int, obs_dim: int, act_dim: int, cap: int, raw: dict | None = None):
-        shapes = self.shapes(n, to, obs_dim, act_dim, cap)
-        self.raw = raw if raw is not None else {
-            k: mp.RawArray("b", int(np.prod(s)) * np.dtype(d).itemsize) for k, (s, d) in shapes.items()}
-        for k, (s, d) in shapes.items():
-            setattr(self, k, np.frombuffer(self.raw[k], dtype=d).reshape(s))
         self.spec = (n, to, obs_dim, act_dim, cap)
+        layout = self.layout(*self.spec)
+        self.raw = raw if raw is not None else {k: mp.RawArray("b", size) for k, (_, _, size) in layout.items()}
+        for k, (shape, dtype, _) in layout.items():
+            setattr(self, k, np.frombuffer(self.raw[k], dtype=dtype).reshape(shape))
 
     @staticmethod
-    def shapes(n: int, to: int, obs_dim: int, act_dim: int, cap: int) -> dict:
-        return {"obs": ((n, to, obs_dim), np.float32), "act": ((n, cap, act_dim), np.float32),
-                "reward": ((n,), np.float64), "done": ((n,), np.bool_), "success": ((n,), np.bool_),
-                "steps": ((n,), np.int64)}
-
-    @classmethod
-    def nbytes(cls, *spec) -> int:
-        return sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in cls.shapes(*spec).values())
+    def layout(n: int, to: int, obs_dim: int, act_dim: int, cap: int) -> dict[str, tuple]:
+        """name -> (shape, dtype, bytes) of each buffer."""
+        return {k: (s, d, int(np.prod(s, dtype=object)) * np.dtype(d).itemsize) for k, (s, d) in {
+            "obs": ((n, to, obs_dim), np.float32), "act": ((n, cap, act_dim), np.float32), "reward": ((n,), np.float64),
+            "done": ((n,), np.bool_), "success": ((n,), np.bool_), "steps": ((n,), np.int64)}.items()}
 
 
 class _EnvGroup:
     """The envs ``ids`` of one worker; executes commands and writes results into the buffers."""
 
-    def __init__(self, factory: Callable, ids: list[int], env_seeds: list[int], n_obs_steps: int,
-                 bufs: _Buffers):
+    def __init__(self, factory: Callable, ids: list[int], seed: int, n_obs_steps: int, bufs: _Buffers):
         self.ids, self.bufs = ids, bufs
-        self.envs = [ChunkEnv(factory(seed=s), n_obs_steps) for s in env_seeds]
+        self.envs = [ChunkEnv(factory(seed=seed * 1000 + i), n_obs_steps) for i in ids]
 
     def reset(self, seeds: list[int]) -> None:
         """``seeds`` holds one episode seed per env of the whole vector env."""
@@ -88,37 +73,35 @@ class _EnvGroup:
             self.bufs.obs[i] = env.reset(seed=seeds[i])
             self.bufs.success[i], self.bufs.done[i], self.bufs.steps[i], self.bufs.reward[i] = False, False, 0, 0
 
-    def step(self, n: int) -> None:
+    def step(self, t: int, n: int) -> None:
+        b = self.bufs
         for i, env in zip(self.ids, self.envs):
-            r = env.step_chunk(self.bufs.act[i, :n])
-            b = self.bufs
+            r = env.step_chunk(b.act[i, t:t + n])
             b.obs[i], b.reward[i], b.done[i], b.success[i], b.steps[i] = r.obs, r.reward, r.done, r.success, r.steps
 
-    def replay(self, seeds: list[int], logs: dict[int, np.ndarray]) -> None:
-        """Re-run each env's episode so far from its reset seed and the actions already executed."""
+    def replay(self, seeds: list[int], t: int) -> None:
+        """Re-run each env's episode so far from its reset seed and its first ``t`` (executed) actions."""
         for i, env in zip(self.ids, self.envs):
             env.reset(seed=seeds[i])
-            if len(logs[i]):
-                env.step_chunk(logs[i])
+            if t:
+                env.step_chunk(self.bufs.act[i, :t])
 
     def close(self) -> None:
         for env in self.envs:
             env.env.close()
 
 
-def _worker_main(conn, factory, ids, env_seeds, n_obs_steps, raw, spec):
+def _worker_main(conn, factory, ids, seed, n_obs_steps, raw, spec):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
-        group = _EnvGroup(factory, ids, env_seeds, n_obs_steps, _Buffers(*spec, raw=raw))
+        group = _EnvGroup(factory, ids, seed, n_obs_steps, _Buffers(*spec, raw=raw))
         conn.send(("ok", None))
         while True:
             cmd, *args = conn.recv()
-            if cmd == "close":
-                group.close()
-                conn.send(("ok", None))
-                return
             getattr(group, cmd)(*args)
             conn.send(("ok", None))
+            if cmd == "close":
+                return
     except (EOFError, KeyboardInterrupt):
         return
     except Exception:
@@ -129,24 +112,22 @@ def _split(n: int, k: int) -> list[list[int]]:
     return [a.tolist() for a in np.array_split(np.arange(n), k)]
 
 
-def _episode_seed(seed: int, env_index: int, episode: int) -> int:
-    return int(np.random.SeedSequence([seed, env_index, episode]).generate_state(1)[0])
+def _shares(total: int, parts: int) -> list[int]:
+    """The sizes of ``_split(total, parts)``, without building it (``total`` may be absurd: checked later)."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-class ChunkVecEnv:
-    """N copies of one task stepped in lock-step, chunk by chunk. Meta-World episodes never terminate
-    early and all truncate at max_episode_steps=500, so all N envs reset together.
+class ChunkVecEnv(contextlib.AbstractContextManager):
+    """N copies of one task stepped in lock-step, chunk by chunk (Meta-World episodes all truncate together).
 
-    ``num_workers``: None -> min(num_envs, os.cpu_count()); 0 -> in-process.  ``env_factory(seed=...)``
-    replaces Meta-World (it must return an env with ``max_episode_steps``, 1-D Box spaces and
-    ``info["success"]``, and be picklable when workers are processes).  Env i is built with seed
-    ``seed * 1000 + i``; all envs draw goals from the benchmark's pool for ``seed``.
+    ``num_workers``: None -> min(num_envs, os.cpu_count()); 0 -> in-process.  ``env_factory(seed=...)`` replaces
+    Meta-World (an env with ``max_episode_steps``, 1-D Box spaces and ``info["success"]``, picklable for worker
+    processes).  Env i is built with seed ``seed * 1000 + i``; all draw goals from the benchmark's pool for ``seed``.
     """
 
     def __init__(self, task: str, num_envs: int, seed: int = 0, n_obs_steps: int = 2, n_action_steps: int = 8,
-                 num_workers: int | None = None, max_episode_steps: int = MAX_EPISODE_STEPS,
-                 goals: str = "presampled", env_factory: Callable | None = None,
-                 start_method: str = "forkserver"):
+                 num_workers: int | None = None, max_episode_steps: int = MAX_EPISODE_STEPS, goals: str = "presampled",
+                 env_factory: Callable | None = None, start_method: str = "forkserver"):
         self._closed = True  # until the workers are up: close() and __del__ have nothing to do
         for name, value, low in (("num_envs", num_envs, 1), ("max_episode_steps", max_episode_steps, 1),
                                  ("n_obs_steps", n_obs_steps, 1), ("num_workers", num_workers, 0)):
@@ -157,31 +138,24 @@ class ChunkVecEnv:
         if env_factory is None:
             env_factory = functools.partial(make_env, task, max_episode_steps=max_episode_steps, goals=goals,
                                             goal_seed=seed)
-            self.obs_dim, self.action_dim = OBS_DIM, ACTION_DIM
-            self.max_episode_steps = max_episode_steps
+            self.obs_dim, self.action_dim, self.max_episode_steps = OBS_DIM, ACTION_DIM, max_episode_steps
         else:
             probe = env_factory(seed=seed * 1000)
             self.obs_dim, self.action_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
             self.max_episode_steps = probe.max_episode_steps
             probe.close()
-        check_fits(_Buffers.nbytes(num_envs, n_obs_steps, self.obs_dim, self.action_dim, self.max_episode_steps),
-                   f"the shared buffers of {num_envs:,} envs")
-        self._factory = env_factory
-        self._env_seeds = [seed * 1000 + i for i in range(num_envs)]
-        self._bufs = _Buffers(num_envs, n_obs_steps, self.obs_dim, self.action_dim, self.max_episode_steps)
-        self.num_workers = min(num_envs, os.cpu_count() or 1) if num_workers is None else min(num_workers,
-                                                                                                num_envs)
-        self.restarts = 0
-        self._episode, self._t = -1, None
-        self._logs: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
+        spec = (num_envs, n_obs_steps, self.obs_dim, self.action_dim, self.max_episode_steps)
+        check_fits(sum(b for *_, b in _Buffers.layout(*spec).values()), f"the shared buffers of {num_envs:,} envs")
+        self._factory, self._bufs = env_factory, _Buffers(*spec)
+        self.num_workers = min(num_envs, (os.cpu_count() or 1) if num_workers is None else num_workers)
+        self.restarts, self._episode, self._t = 0, -1, None
         if self.num_workers == 0:
-            self._group = _EnvGroup(env_factory, list(range(num_envs)), self._env_seeds, n_obs_steps, self._bufs)
+            self._group = _EnvGroup(env_factory, list(range(num_envs)), seed, n_obs_steps, self._bufs)
             self._closed = False
             return
         self._ctx = mp.get_context(start_method)
         self._slices = _split(num_envs, self.num_workers)
-        self._procs: list = [None] * self.num_workers
-        self._conns: list = [None] * self.num_workers
+        self._procs, self._conns = [None] * self.num_workers, [None] * self.num_workers
         self._closed = False
         try:
             for w in range(self.num_workers):
@@ -191,13 +165,11 @@ class ChunkVecEnv:
             self.close()
             raise
 
-    # -- process management --------------------------------------------------------------------------
     def _start(self, w: int) -> None:
         parent, child = self._ctx.Pipe()
-        ids = self._slices[w]
         p = self._ctx.Process(target=_worker_main, daemon=True, name=f"sodp-env-{w}",
-                              args=(child, self._factory, ids, [self._env_seeds[i] for i in ids],
-                                    self.n_obs_steps, self._bufs.raw, self._bufs.spec))
+                              args=(child, self._factory, self._slices[w], self.seed, self.n_obs_steps,
+                                    self._bufs.raw, self._bufs.spec))
         p.start()
         child.close()
         self._procs[w], self._conns[w] = p, parent
@@ -206,26 +178,20 @@ class ChunkVecEnv:
         return [] if self.num_workers == 0 else [p.pid for p in self._procs]
 
     def _wait(self, workers: list[int]) -> list[int]:
-        """Wait for replies; return the workers that died instead of answering."""
-        pending, dead = set(workers), []
-        while pending:
-            waitables = {self._conns[w]: w for w in pending} | {self._procs[w].sentinel: w for w in pending}
-            for ready in mp.connection.wait(list(waitables)):
-                w = waitables[ready]
-                if w not in pending:
-                    continue
-                try:
-                    if ready is self._procs[w].sentinel and not self._conns[w].poll():
-                        raise EOFError
-                    status, payload = self._conns[w].recv()
-                except (EOFError, OSError):
-                    pending.discard(w)
-                    dead.append(w)
-                    continue
-                pending.discard(w)
-                if status == "error":
-                    raise WorkerError(f"env worker {w} failed on task {self.task}: "
-                                      f"{payload.strip().splitlines()[-1]}")
+        """Wait for each worker's reply (or exit); return the workers that died instead of answering."""
+        dead = []
+        for w in workers:
+            conn = self._conns[w]
+            try:
+                mp.connection.wait([conn, self._procs[w].sentinel])
+                if not conn.poll():  # exited without a reply
+                    raise EOFError
+                status, payload = conn.recv()
+            except (EOFError, OSError):
+                dead.append(w)
+                continue
+            if status == "error":
+                raise WorkerError(f"env worker {w} failed on task {self.task}: {payload.strip().splitlines()[-1]}")
         return dead
 
     def _call(self, cmd: tuple) -> None:
@@ -235,14 +201,10 @@ class ChunkVecEnv:
             return
         todo = list(range(self.num_workers))
         for _ in range(MAX_RESTARTS_PER_CALL + 1):
-            sent, dead = [], []
             for w in todo:
-                try:
+                with contextlib.suppress(OSError):  # a dead worker's pipe: _wait finds it dead
                     self._conns[w].send(cmd)
-                    sent.append(w)
-                except (BrokenPipeError, OSError):
-                    dead.append(w)
-            dead += self._wait(sent)
+            dead = self._wait(todo)
             if not dead:
                 return
             for w in dead:
@@ -253,42 +215,36 @@ class ChunkVecEnv:
     def _restart(self, w: int) -> None:
         old = self._procs[w]
         old.join(timeout=1.0)
-        code = old.exitcode
         self._conns[w].close()
         self._start(w)
-        ids = self._slices[w]
         dead = self._wait([w])
         if not dead and self._episode >= 0:
-            seeds = self._episode_seeds()
-            logs = {i: np.concatenate(self._logs[i]) if self._logs[i] else np.zeros((0, self.action_dim),
-                                                                                      np.float32) for i in ids}
-            self._conns[w].send(("replay", seeds, logs))
+            self._conns[w].send(("replay", self._episode_seeds(), self._t))
             dead = self._wait([w])
         if dead:
             raise WorkerError(f"env worker {w} for task {self.task} died again while restarting")
         self.restarts += 1
-        warnings.warn(f"env worker {w} (pid {old.pid}, exit code {code}) died; restarted it and replayed "
+        ids = self._slices[w]
+        warnings.warn(f"env worker {w} (pid {old.pid}, exit code {old.exitcode}) died; restarted it and replayed "
                       f"envs {ids[0]}..{ids[-1]} ({self._t or 0} steps each)", RuntimeWarning, stacklevel=4)
 
-    # -- the vector env API --------------------------------------------------------------------------
     def reset(self) -> np.ndarray:
         self._check_open()
         self._episode += 1
         self._t = 0
-        self._logs = [[] for _ in range(self.num_envs)]
         self._call(("reset", self._episode_seeds()))
         return self._bufs.obs.copy()
 
     def seek(self, episode: int) -> None:
-        """Make the next ``reset`` start episode ``episode`` (0-based). Episode seeds depend only on
-        (seed, env index, episode), so a resumed run or a repeated evaluation sees the same goals and
-        initial states as the original."""
+        """Make the next ``reset`` start episode ``episode`` (0-based): a resumed run or a repeated evaluation
+        sees the same goals and initial states as the original."""
         if episode < 0:
             raise ValueError(f"episode must be >= 0, got {episode}")
         self._episode = episode - 1
 
     def _episode_seeds(self) -> list[int]:
-        return [_episode_seed(self.seed, i, self._episode) for i in range(self.num_envs)]
+        return [int(np.random.SeedSequence([self.seed, i, self._episode]).generate_state(1)[0])
+                for i in range(self.num_envs)]
 
     def step_chunk(self, actions: np.ndarray) -> ChunkStep:
         self._check_open()
@@ -304,14 +260,10 @@ class ChunkVecEnv:
         if not np.isfinite(actions).all():
             raise ActionError("actions contain NaN or inf")
         n = min(actions.shape[1], self.max_episode_steps - self._t)
-        executed = np.clip(actions[:, :n], -1.0, 1.0).astype(np.float32)
-        self._bufs.act[:, :n] = executed
-        self._call(("step", n))
-        for i in range(self.num_envs):
-            self._logs[i].append(executed[i])
+        self._bufs.act[:, self._t:self._t + n] = np.clip(actions[:, :n], -1.0, 1.0).astype(np.float32)
+        self._call(("step", self._t, n))
         self._t += n
-        b = self._bufs
-        return ChunkStep(b.obs.copy(), b.reward.copy(), b.done.copy(), b.success.copy(), b.steps.copy())
+        return ChunkStep(*(getattr(self._bufs, k).copy() for k in ("obs", "reward", "done", "success", "steps")))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -326,19 +278,14 @@ class ChunkVecEnv:
             return
         live = [(p, c) for p, c in zip(self._procs, self._conns) if p is not None]
         for _, c in live:
-            try:
+            with contextlib.suppress(OSError):  # a dead worker's pipe
                 c.send(("close",))
-            except (BrokenPipeError, OSError):
-                pass
         for p, c in live:
             p.join(timeout=2.0)
             if p.is_alive():
                 p.terminate()
                 p.join()
             c.close()
-
-    def __enter__(self) -> "ChunkVecEnv":
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -348,7 +295,6 @@ class ChunkVecEnv:
             self.close()
 
 
-# -- builders for training drivers ------------------------------------------------------------------------------
 EnvFactory = Callable[[int, int, "int | None"], object]  # (num_envs, seed, num_workers) -> vector env
 
 
@@ -364,19 +310,14 @@ def metaworld_env_factory(task: str, n_obs_steps: int, n_action_steps: int, max_
     return make
 
 
-def _shares(total: int, parts: int) -> list[int]:
-    return [total // parts + (i < total % parts) for i in range(parts)]
-
-
 def build_env_groups(make: EnvFactory, num_envs: int, groups: int, seed: int, num_workers: int | None) -> list:
     """``groups`` vector envs of ``num_envs`` in all, with distinct seeds; the worker processes (default: one
     per core) are shared out between them (0: every group in-process)."""
     workers = num_workers if num_workers is not None else os.cpu_count() or 1
-    per_group = _shares(workers, groups)
     envs = []
     try:
-        for g, n in enumerate(_shares(num_envs, groups)):
-            envs.append(make(n, seed * groups + g, min(max(1, per_group[g]), n) if workers else 0))
+        for g, (n, w) in enumerate(zip(_shares(num_envs, groups), _shares(workers, groups))):
+            envs.append(make(n, seed * groups + g, min(max(1, w), n) if workers else 0))
     except BaseException:
         for e in envs:
             e.close()
@@ -386,8 +327,6 @@ def build_env_groups(make: EnvFactory, num_envs: int, groups: int, seed: int, nu
 
 def check_dims(where, config, obs_dim: int, action_dim: int) -> None:
     """A planner config's obs/action dims against the task env's (or dataset's)."""
-    from sodp_fast.errors import CheckpointError
-
     for name, have in (("obs_dim", obs_dim), ("action_dim", action_dim)):
         if getattr(config, name) != have:
             raise CheckpointError(f"{where}: checkpoint has {name}={getattr(config, name)}, but the task env has "
