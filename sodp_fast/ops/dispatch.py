@@ -24,6 +24,7 @@ the measured order goes into ``AUTO_PREFERENCE["cuda"]`` (one line). Until then 
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Callable
 
@@ -35,6 +36,22 @@ AUTO_PREFERENCE = {"cuda": ("torch",), "cpu": ("cpp", "torch")}
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}
 _default_backend = os.environ.get("SODP_BACKEND", "auto")
+
+
+def load_extension(module: str, missing: str) -> tuple[Callable, Callable, Callable]:
+    """(available, import_error, ext) of an optional compiled extension; ``ext()`` raises ``missing`` (formatted
+    with the import error) where it did not build, so importing the package never needs a compiler."""
+    try:
+        mod, error = importlib.import_module(module), None
+    except ImportError as e:
+        mod, error = None, str(e)
+
+    def ext():
+        if mod is None:
+            raise RuntimeError(missing.format(error))
+        return mod
+
+    return (lambda: mod is not None), (lambda: error), ext
 
 
 def register(op: str, backend: str) -> Callable[[Callable], Callable]:
