@@ -27,5 +27,11 @@ def check(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> int:
     return t.data_ptr()
 
 
+def dtype_code(t: torch.Tensor, op: str) -> int:
+    if t.dtype not in DTYPE_CODES:
+        raise RuntimeError(f"{op}: the cuda backend supports {list(DTYPE_CODES)}, got {t.dtype}")
+    return DTYPE_CODES[t.dtype]
+
+
 def stream() -> int:
     return torch.cuda.current_stream().cuda_stream

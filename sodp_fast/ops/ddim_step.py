@@ -88,27 +88,44 @@ def _clip_arg(clip: float | None) -> float:
     return -1.0 if clip is None else float(clip)
 
 
-@register("ddim_step", "cuda")
-def ddim_step_cuda(x, eps, noise, coef, clip):
-    if torch.is_grad_enabled() and eps.requires_grad:
-        raise RuntimeError("the cuda ddim_step is for sampling (no autograd); use ddim_logprob for the PPO path")
-    n, d = x.shape
-    x, eps = x.contiguous(), eps.contiguous()
-    coef = coef.to(device=x.device, dtype=torch.float32).reshape(-1, NUM_COEF).contiguous()
-    coef_stride = 0 if coef.shape[0] == 1 else NUM_COEF
-    if coef_stride and coef.shape[0] != n:
+def _coef_rows(coef: torch.Tensor, n: int, device):
+    """float32 coefficients as [1, 6] (shared: row stride 0) or [N, 6] (per row: stride 6), and that stride."""
+    coef = coef.to(device=device, dtype=torch.float32).reshape(-1, NUM_COEF).contiguous()
+    if coef.shape[0] not in (1, n):
         raise ValueError(f"coef has {coef.shape[0]} rows for {n} rows of x")
-    out = torch.empty_like(x)
-    logp = torch.empty(n, device=x.device, dtype=torch.float32)
-    noise_ptr = 0 if noise is None else _cuda.check(noise.contiguous(), "noise", x.dtype)
-    _cuda.ext().ddim_step(_cuda.check(x, "x"), _cuda.check(eps, "eps", x.dtype), noise_ptr,
-                          _cuda.check(coef, "coef"), coef_stride, _cuda.check(out, "x_prev"),
-                          _cuda.check(logp, "logp"), n, d, _clip_arg(clip),
-                          _cuda.DTYPE_CODES[x.dtype], _cuda.stream())
-    return out, logp
+    return coef, 0 if coef.shape[0] == 1 else NUM_COEF
+
+
+def _refuse_grad(backend: str, op: str, *tensors):
+    """The fused ddim_step has no backward, and the fused ddim_logprob one w.r.t. ε̂ only: refuse a gradient that
+    would otherwise be silently missing."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        why = ("is for sampling (no autograd); use ddim_logprob for the PPO path" if op == "ddim_step" else
+               "differentiates w.r.t. eps only; detach x, x_prev and coef (stored chain data) or use backend='torch'")
+        raise RuntimeError(f"the {backend} {op} {why}")
+
+
+class DDIMLogProb(torch.autograd.Function):
+    """log p(x_prev | x, ε̂) per row with ∂/∂ε̂ on a fused backend's ``launch(x, eps, x_prev, coef, s_coef, clip,
+    grad_logp=None)`` (log p, or ∂L/∂ε̂ given ∂L/∂log p); the backward recomputes the mean instead of saving it."""
+
+    @staticmethod
+    def forward(ctx, x, eps, x_prev, coef, clip, launch):
+        coef, s_coef = _coef_rows(coef, x.shape[0], x.device)
+        ctx.save_for_backward(x, eps, x_prev, coef)
+        ctx.s_coef, ctx.clip, ctx.launch = s_coef, clip, launch
+        return launch(x, eps, x_prev, coef, s_coef, clip)
+
+    @staticmethod
+    def backward(ctx, grad_logp):
+        return None, ctx.launch(*ctx.saved_tensors, ctx.s_coef, ctx.clip, grad_logp), None, None, None, None
 
 
 if triton is not None:
+
+    @triton.jit
+    def _load_rows(ptr, rows, cols, s_row, s_col, mask):
+        return tl.load(ptr + rows[:, None] * s_row + cols[None, :] * s_col, mask=mask, other=0.0).to(tl.float32)
 
     @triton.jit
     def _ddim_mean(x, eps, c0, c1, c2, c3, c5, clip, HAS_CLIP: tl.constexpr):
@@ -126,30 +143,30 @@ if triton is not None:
         return c2 * x0 + c3 * eps_c, x0_raw
 
     @triton.jit
-    def _load_rows(ptr, rows, cols, s_row, s_col, mask):
-        return tl.load(ptr + rows[:, None] * s_row + cols[None, :] * s_col, mask=mask, other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _load_coef(coef_ptr, rows, s_coef, rmask):
+    def _ddim_rows(x_ptr, eps_ptr, coef_ptr, n, d, sx0, sx1, se0, se1, s_coef, clip, HAS_CLIP: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+        """This program's rows, cols, row and tile masks, c0 … c4 [BLOCK_N], and its rows' mean and unclamped x̂0."""
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = tl.arange(0, BLOCK_D)
+        rmask = rows < n
+        mask = rmask[:, None] & (cols[None, :] < d)
         c = coef_ptr + rows * s_coef
-        return (tl.load(c, mask=rmask, other=1.0), tl.load(c + 1, mask=rmask, other=1.0),
-                tl.load(c + 2, mask=rmask, other=1.0), tl.load(c + 3, mask=rmask, other=1.0),
-                tl.load(c + 4, mask=rmask, other=1.0), tl.load(c + 5, mask=rmask, other=1.0))
+        c0, c1, c2, c3, c4, c5 = (tl.load(c, mask=rmask, other=1.0), tl.load(c + 1, mask=rmask, other=1.0),
+                                  tl.load(c + 2, mask=rmask, other=1.0), tl.load(c + 3, mask=rmask, other=1.0),
+                                  tl.load(c + 4, mask=rmask, other=1.0), tl.load(c + 5, mask=rmask, other=1.0))
+        x = _load_rows(x_ptr, rows, cols, sx0, sx1, mask)
+        eps = _load_rows(eps_ptr, rows, cols, se0, se1, mask)
+        mean, x0_raw = _ddim_mean(x, eps, c0[:, None], c1[:, None], c2[:, None], c3[:, None], c5[:, None], clip,
+                                  HAS_CLIP)
+        return rows, cols, rmask, mask, c0, c1, c2, c3, c4, mean, x0_raw
 
     @triton.jit
     def _ddim_step_kernel(x_ptr, eps_ptr, noise_ptr, coef_ptr, out_ptr, logp_ptr, n, d,
                           sx0, sx1, se0, se1, sz0, sz1, s_coef, clip, log_norm,
                           HAS_NOISE: tl.constexpr, HAS_CLIP: tl.constexpr, BLOCK_N: tl.constexpr,
                           BLOCK_D: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        cols = tl.arange(0, BLOCK_D)
-        rmask = rows < n
-        mask = rmask[:, None] & (cols[None, :] < d)
-        c0, c1, c2, c3, c4, c5 = _load_coef(coef_ptr, rows, s_coef, rmask)
-        x = _load_rows(x_ptr, rows, cols, sx0, sx1, mask)
-        eps = _load_rows(eps_ptr, rows, cols, se0, se1, mask)
-        mean, _ = _ddim_mean(x, eps, c0[:, None], c1[:, None], c2[:, None], c3[:, None], c5[:, None], clip,
-                             HAS_CLIP)
+        rows, cols, rmask, mask, c0, c1, c2, c3, c4, mean, _ = _ddim_rows(
+            x_ptr, eps_ptr, coef_ptr, n, d, sx0, sx1, se0, se1, s_coef, clip, HAS_CLIP, BLOCK_N, BLOCK_D)
         if HAS_NOISE:
             z = _load_rows(noise_ptr, rows, cols, sz0, sz1, mask)
             x_prev = mean + c4[:, None] * z
@@ -166,17 +183,9 @@ if triton is not None:
                              BACKWARD: tl.constexpr, HAS_CLIP: tl.constexpr, BLOCK_N: tl.constexpr,
                              BLOCK_D: tl.constexpr):
         """Forward writes log p [N]; backward writes ∂L/∂ε̂ = g · (z/σ) · (c3 − c2·c1·c0) · [x̂0 in bounds]."""
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        cols = tl.arange(0, BLOCK_D)
-        rmask = rows < n
-        mask = rmask[:, None] & (cols[None, :] < d)
-        c0, c1, c2, c3, c4, c5 = _load_coef(coef_ptr, rows, s_coef, rmask)
-        x = _load_rows(x_ptr, rows, cols, sx0, sx1, mask)
-        eps = _load_rows(eps_ptr, rows, cols, se0, se1, mask)
-        x_prev = _load_rows(xp_ptr, rows, cols, sp0, sp1, mask)
-        mean, x0_raw = _ddim_mean(x, eps, c0[:, None], c1[:, None], c2[:, None], c3[:, None], c5[:, None], clip,
-                                  HAS_CLIP)
-        z = (x_prev - mean) / c4[:, None]
+        rows, cols, rmask, mask, c0, c1, c2, c3, c4, mean, x0_raw = _ddim_rows(
+            x_ptr, eps_ptr, coef_ptr, n, d, sx0, sx1, se0, se1, s_coef, clip, HAS_CLIP, BLOCK_N, BLOCK_D)
+        z = (_load_rows(xp_ptr, rows, cols, sp0, sp1, mask) - mean) / c4[:, None]
         if BACKWARD:
             g = tl.load(gout_ptr + rows * s_gout, mask=rmask, other=0.0).to(tl.float32)
             dmean_deps = c3 - c2 * c1 * c0
@@ -196,21 +205,9 @@ def _launch_shape(n: int, d: int):
     return (triton.cdiv(n, block_n),), block_n, block_d
 
 
-def _coef_rows(coef: torch.Tensor, n: int, device):
-    coef = coef.to(device=device, dtype=torch.float32).reshape(-1, NUM_COEF).contiguous()
-    if coef.shape[0] not in (1, n):
-        raise ValueError(f"coef has {coef.shape[0]} rows for {n} rows of x")
-    return coef, 0 if coef.shape[0] == 1 else NUM_COEF
-
-
-def _no_grad_inputs(name: str, *tensors, backend: str = "triton"):
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError(f"the {backend} {name} differentiates w.r.t. eps only; detach the other inputs")
-
-
 @register("ddim_step", "triton")
 def ddim_step_triton(x, eps, noise, coef, clip):
-    _no_grad_inputs("ddim_step (sampling, no autograd; use ddim_logprob for the PPO path)", x, eps, noise)
+    _refuse_grad("triton", "ddim_step", x, eps, noise)
     n, d = x.shape
     coef, s_coef = _coef_rows(coef, n, x.device)
     out = torch.empty((n, d), device=x.device, dtype=x.dtype)
@@ -224,7 +221,7 @@ def ddim_step_triton(x, eps, noise, coef, clip):
     return out, logp
 
 
-def _ddim_logprob_launch(x, eps, x_prev, coef, s_coef, clip, grad_logp=None):
+def _ddim_logprob_triton(x, eps, x_prev, coef, s_coef, clip, grad_logp=None):
     n, d = x.shape
     backward = grad_logp is not None
     logp = torch.empty(0 if backward else n, device=x.device, dtype=torch.float32)
@@ -239,35 +236,17 @@ def _ddim_logprob_launch(x, eps, x_prev, coef, s_coef, clip, grad_logp=None):
     return grad_eps if backward else logp
 
 
-class DDIMLogProbTriton(torch.autograd.Function):
-    """log p(x_prev | x, ε̂) per row with ∂/∂ε̂; the backward recomputes the mean instead of saving it."""
-
-    @staticmethod
-    def forward(ctx, x, eps, x_prev, coef, clip):
-        coef, s_coef = _coef_rows(coef, x.shape[0], x.device)
-        ctx.save_for_backward(x, eps, x_prev, coef)
-        ctx.s_coef, ctx.clip = s_coef, clip
-        return _ddim_logprob_launch(x, eps, x_prev, coef, s_coef, clip)
-
-    @staticmethod
-    def backward(ctx, grad_logp):
-        x, eps, x_prev, coef = ctx.saved_tensors
-        grad_eps = _ddim_logprob_launch(x, eps, x_prev, coef, ctx.s_coef, ctx.clip, grad_logp)
-        return None, grad_eps, None, None, None
-
-
 @register("ddim_logprob", "triton")
 def ddim_logprob_triton(x, eps, x_prev, coef, clip):
-    _no_grad_inputs("ddim_logprob", x, x_prev, coef)
-    return DDIMLogProbTriton.apply(x, eps, x_prev, coef, clip)
+    _refuse_grad("triton", "ddim_logprob", x, x_prev, coef)
+    return DDIMLogProb.apply(x, eps, x_prev, coef, clip, _ddim_logprob_triton)
 
 
 @register("ddim_step", "cpp")
 def ddim_step_cpp(x, eps, noise, coef, clip):
     if not _cpp.runs(x):
         return ddim_step_torch(x, eps, noise, coef, clip)
-    _no_grad_inputs("ddim_step (sampling, no autograd; use ddim_logprob for the PPO path)", x, eps, noise,
-                    backend="cpp")
+    _refuse_grad("cpp", "ddim_step", x, eps, noise)
     n, d = x.shape
     coef, s_coef = _coef_rows(coef, n, x.device)
     (x, sx), (eps, se) = _cpp.rows(x, "x"), _cpp.rows(eps.to(x.dtype), "eps")
@@ -279,49 +258,73 @@ def ddim_step_cpp(x, eps, noise, coef, clip):
     return out, logp
 
 
-def _ddim_logprob_cpp(x, eps, x_prev, coef, clip):
-    """(log p, the inputs as passed to the kernel, their row strides)."""
+def _ddim_logprob_cpp(x, eps, x_prev, coef, s_coef, clip, grad_logp=None):
+    """On rows laid out by ``_cpp.rows`` (unit inner stride)."""
     n, d = x.shape
-    coef, s_coef = _coef_rows(coef, n, x.device)
-    (x, sx), (eps, se), (x_prev, sp) = _cpp.rows(x, "x"), _cpp.rows(eps, "eps"), _cpp.rows(x_prev, "x_prev")
-    logp = torch.empty(n, dtype=torch.float32)
-    _cpp.ext().ddim_logprob(x.data_ptr(), sx, eps.data_ptr(), se, x_prev.data_ptr(), sp, coef.data_ptr(), s_coef,
-                            logp.data_ptr(), n, d, _clip_arg(clip))
-    return logp, (x, eps, x_prev, coef), (sx, se, sp, s_coef)
-
-
-class DDIMLogProbCpp(torch.autograd.Function):
-    """log p(x_prev | x, ε̂) per row with ∂/∂ε̂ on the CPU kernels; the backward recomputes the mean."""
-
-    @staticmethod
-    def forward(ctx, x, eps, x_prev, coef, clip):
-        logp, saved, ctx.strides = _ddim_logprob_cpp(x, eps, x_prev, coef, clip)
-        ctx.save_for_backward(*saved)
-        ctx.clip = clip
+    rows = (x.data_ptr(), x.stride(0), eps.data_ptr(), eps.stride(0), x_prev.data_ptr(), x_prev.stride(0),
+            coef.data_ptr(), s_coef)
+    if grad_logp is None:
+        logp = torch.empty(n, dtype=torch.float32)
+        _cpp.ext().ddim_logprob(*rows, logp.data_ptr(), n, d, _clip_arg(clip))
         return logp
-
-    @staticmethod
-    def backward(ctx, grad_logp):
-        x, eps, x_prev, coef = ctx.saved_tensors
-        sx, se, sp, s_coef = ctx.strides
-        n, d = x.shape
-        grad_logp = grad_logp.to(torch.float32).contiguous()
-        grad_eps = torch.empty((n, d), dtype=torch.float32)
-        _cpp.ext().ddim_logprob_backward(x.data_ptr(), sx, eps.data_ptr(), se, x_prev.data_ptr(), sp,
-                                         coef.data_ptr(), s_coef, _cpp.ptr(grad_logp, "grad_logp"),
-                                         grad_eps.data_ptr(), n, d, _clip_arg(ctx.clip))
-        return None, grad_eps, None, None, None
+    grad_logp = grad_logp.to(torch.float32).contiguous()
+    grad_eps = torch.empty((n, d), dtype=torch.float32)
+    _cpp.ext().ddim_logprob_backward(*rows, _cpp.ptr(grad_logp, "grad_logp"), grad_eps.data_ptr(), n, d,
+                                     _clip_arg(clip))
+    return grad_eps
 
 
 @register("ddim_logprob", "cpp")
 def ddim_logprob_cpp(x, eps, x_prev, coef, clip):
+    """Without autograd (rollouts) the kernel is called directly, saving the autograd Function's overhead."""
     if not _cpp.runs(x):
         return ddim_logprob_torch(x, eps, x_prev, coef, clip)
-    _no_grad_inputs("ddim_logprob", x, x_prev, coef, backend="cpp")
-    eps, x_prev = eps.to(x.dtype), x_prev.to(x.dtype)
+    _refuse_grad("cpp", "ddim_logprob", x, x_prev, coef)
+    x, eps, x_prev = (_cpp.rows(t, name)[0] for t, name in ((x, "x"), (eps.to(x.dtype), "eps"),
+                                                             (x_prev.to(x.dtype), "x_prev")))
     if _cpp.needs_grad(eps):
-        return DDIMLogProbCpp.apply(x, eps, x_prev, coef, clip)
-    return _ddim_logprob_cpp(x, eps, x_prev, coef, clip)[0]
+        return DDIMLogProb.apply(x, eps, x_prev, coef, clip, _ddim_logprob_cpp)
+    return _ddim_logprob_cpp(x, eps, x_prev, *_coef_rows(coef, x.shape[0], x.device), clip)
+
+
+@register("ddim_step", "cuda")
+def ddim_step_cuda(x, eps, noise, coef, clip):
+    _refuse_grad("cuda", "ddim_step", eps)
+    n, d = x.shape
+    x, eps = x.contiguous(), eps.contiguous()
+    coef, s_coef = _coef_rows(coef, n, x.device)
+    out = torch.empty_like(x)
+    logp = torch.empty(n, device=x.device, dtype=torch.float32)
+    noise_ptr = 0 if noise is None else _cuda.check(noise.contiguous(), "noise", x.dtype)
+    _cuda.ext().ddim_step(_cuda.check(x, "x"), _cuda.check(eps, "eps", x.dtype), noise_ptr,
+                          _cuda.check(coef, "coef"), s_coef, _cuda.check(out, "x_prev"),
+                          _cuda.check(logp, "logp"), n, d, _clip_arg(clip),
+                          _cuda.dtype_code(x, "ddim_step"), _cuda.stream())
+    return out, logp
+
+
+def _ddim_logprob_cuda(x, eps, x_prev, coef, s_coef, clip, grad_logp=None):
+    n, d = x.shape
+    code = _cuda.dtype_code(x, "ddim_logprob")
+    rows = (_cuda.check(x, "x"), _cuda.check(eps, "eps", x.dtype), _cuda.check(x_prev, "x_prev", x.dtype),
+            _cuda.check(coef, "coef"), s_coef)
+    if grad_logp is None:
+        logp = torch.empty(n, device=x.device, dtype=torch.float32)
+        _cuda.ext().ddim_logprob(*rows, _cuda.check(logp, "logp"), n, d, _clip_arg(clip), code, _cuda.stream())
+        return logp
+    grad_logp = grad_logp.to(torch.float32).contiguous()
+    grad_eps = torch.empty_like(eps)
+    _cuda.ext().ddim_logprob_backward(*rows, _cuda.check(grad_logp, "grad_logp"), _cuda.check(grad_eps, "grad_eps"),
+                                      n, d, _clip_arg(clip), code, _cuda.stream())
+    return grad_eps
+
+
+@register("ddim_logprob", "cuda")
+def ddim_logprob_cuda(x, eps, x_prev, coef, clip):
+    """ε̂ is cast to x's dtype (e.g. a bf16 U-Net output under autocast with fp32 latents), differentiably."""
+    _refuse_grad("cuda", "ddim_logprob", x, x_prev, coef)
+    eps = eps.to(x.dtype).contiguous()
+    return DDIMLogProb.apply(x.contiguous(), eps, x_prev.to(x.dtype).contiguous(), coef, clip, _ddim_logprob_cuda)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
