@@ -6,20 +6,16 @@ preset, for these variants side by side in one run:
   eager                    the PyTorch reference (torch ops, one Python-driven launch after another)
   diffusers                our U-Net driven by diffusers' DDIMScheduler (the Diffusion Policy / LeRobot way;
                            no log-probs; only when ``diffusers`` is installed)
-  compile                  torch.compile(U-Net) (default mode; on CPU inductor's C++ code) in the eager chain loop
-  compile-reduce-overhead  torch.compile(U-Net, mode="reduce-overhead") in the eager chain loop
-  compile-max-autotune     torch.compile(U-Net, mode="max-autotune") in the eager chain loop
+  compile[-MODE]           torch.compile(U-Net) in the eager chain loop: default mode (on CPU inductor's C++ code),
+                           reduce-overhead, max-autotune
   ours / ours-cpp / ours-triton / ours-cuda
                            fused ops (+ the CUDA-graph-captured chain on CUDA: ``GraphedSampler``); the suffix picks
                            the backend of ``ddim_step`` and of the U-Net's FiLM epilogues ("ours" = auto)
 
 Every variant runs at the same precision (``--precision``; bf16 autocast for the U-Net on CUDA by default,
 latents and log-probs float32). Compile and capture happen before timing and are reported as ``setup_s``.
-Throughput is also given as FLOP/s against the bf16 matmul peak measured in the same run (a large bf16 matmul):
-FLOPs are counted analytically from the U-Net's conv / linear shapes (``unet_flops``; normalisation and
-activations are not counted). On CPU the default run compares eager, compile and ours-cpp on the tiny and small
-U-Nets at batches 1, 8, 32, 256 (host clock; the GPU targets are not evaluated). Every row also gives its
-samples/s ratio to eager in the same cell ("x eager").
+Throughput is also given as FLOP/s against a bf16 matmul peak measured in the same run, FLOPs counted from the
+U-Net's conv / linear shapes (``unet_flops``). Every row gives its samples/s ratio to eager in the same cell.
 """
 from __future__ import annotations
 
@@ -227,23 +223,6 @@ def build_variant(name: str, planner: DiffusionPlanner, batch: int, autocast_dty
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------
-class Report:
-    """Prints lines and keeps them for the raw log file."""
-
-    def __init__(self, log_path: Path | None):
-        self._file = open(log_path, "w") if log_path else None
-
-    def __call__(self, line: str = "") -> None:
-        print(line, flush=True)
-        if self._file:
-            self._file.write(line + "\n")
-            self._file.flush()
-
-    def close(self) -> None:
-        if self._file:
-            self._file.close()
-
-
 def _csv(s: str, conv=str) -> list:
     return [conv(v.strip()) for v in s.split(",") if v.strip()]
 
@@ -297,7 +276,12 @@ def run_sampler(args: argparse.Namespace) -> dict:
     min_reps = args.min_reps if args.min_reps is not None else (5 if on_gpu else 3)
     folder = RunFolder(args.out).open() if args.out else None
     out = folder.path if folder else None
-    say = Report(out / "sampler.log" if out else None)
+    log_file = open(out / "sampler.log", "w", buffering=1) if out else None  # line-buffered raw log
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        if log_file:
+            print(line, file=log_file)
 
     info = device_info(dev)
     say(f"sodp bench sampler: {info['name']}  torch {info['torch']}  triton {info['triton']}  precision {precision}")
@@ -373,7 +357,7 @@ def run_sampler(args: argparse.Namespace) -> dict:
         plot(rows, out / "sampler.png", f"{info['name']} ({precision})")
         say(f"\nwrote {out / 'sampler.json'}, {out / 'sampler.png'}, {out / 'sampler.log'}")
         folder.close()
-    say.close()
+        log_file.close()
     return result
 
 

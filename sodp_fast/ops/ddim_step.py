@@ -1,9 +1,8 @@
-"""Fused DDIM step with the Gaussian log-prob of the transition (PyTorch reference + backend registrations).
+"""Fused DDIM step with the Gaussian log-prob of the transition: PyTorch reference and fused backends.
 
 One DDIM transition x_t → x_prev, written per row of a [N, D] batch (D = Tp·A, the whole action latent):
 
-    x̂0    = (x_t − c1·ε̂) · c0                    c0 = 1/√ᾱ_t, c1 = √(1 − ᾱ_t)
-    x̂0    = clamp(x̂0, −clip, clip)               (action bounds; skipped when clip is None)
+    x̂0    = clamp((x_t − c1·ε̂) · c0, ±clip)       c0 = 1/√ᾱ_t, c1 = √(1 − ᾱ_t)  (no clamp when clip is None)
     ε̃     = (x_t − c5·x̂0) / c1                   c5 = √ᾱ_t  (ε consistent with the clipped x̂0)
     mean  = c2·x̂0 + c3·ε̃                         c2 = √ᾱ_prev, c3 = √(1 − ᾱ_prev − σ_t²)
     x_prev = mean + c4·z,  z ~ N(0, I)            c4 = max(σ_t, σ_min)
@@ -12,24 +11,20 @@ One DDIM transition x_t → x_prev, written per row of a [N, D] batch (D = Tp·A
 ``coef`` holds (c0 … c5) per row, [N, 6] (or [6], broadcast), so one call serves a sampling step (all rows at
 one timestep) and the PPO path (rows at different denoising steps of stored chains).
 
-Backends: "torch" (reference, differentiable everywhere), "triton" (one pass per call: sampling writes x_prev
-and log p together; ``ddim_logprob`` is an autograd Function with a Triton forward and a Triton backward that
-gives ∂log p/∂ε̂ only — x, x_prev and coef are data), "cuda" (sampling here, ``ddim_logprob`` in
-``cuda_backend.py``), "cpp" (CPU kernels of both, ``ddim_logprob`` differentiable in ε̂ only like triton; float32,
-other dtypes run the reference). The compiled kernels (cuda, cpp) share their per-element math
-(``csrc/kernel_math.h``) and report the log-prob of the stored x_prev. The Triton kernels take z = noise
-directly instead of recomputing (x_prev − mean)/std, use ε̃ = ε̂ where the clamp is inactive (see
-``_ddim_mean``), compute in float32 whatever the input dtype, and return
+Backends: "torch" (the reference, differentiable everywhere), "triton", "cuda" and "cpp" (float32 CPU kernels;
+other dtypes run the reference). The fused ``ddim_step`` is for sampling only and the fused ``ddim_logprob``
+gives ∂log p/∂ε̂ only (x, x_prev and coef are data). The compiled kernels (cuda, cpp) share their per-element
+math (``csrc/kernel_math.h``) and report the log-prob of the stored x_prev; the Triton ones take z = noise
+directly and use ε̃ = ε̂ where the clamp is inactive (see ``_ddim_mean``). All compute in float32 and return
 log p in float32 (a bf16 log-prob of ≈ −50 is off by ≈ 0.2, useless for PPO ratios).
 
 Tolerances against a float64 reference on the same (rounded) inputs (‖out − ref‖/‖ref‖): float32 ≲ 1e-5 for
 x_prev, log p and ∂log p/∂ε̂, bf16 ≲ 1e-2 — or, where float32 itself is ill-conditioned (clip=None and
 |x̂0| ≫ 1, e.g. ≈ 1e3 at the first step with a poor ε̂), no worse than twice PyTorch's own float32 error.
-An x̂0 within rounding of ±clip may fall on the other side of the clamp than in the reference (gradient 0 vs
-not). The compiled kernels round x − c1·ε̂ once (``ddim_x0`` in ``csrc/kernel_math.h``), so that is ~1e-7 per
-element for them; the plain float32 form (torch, triton) rounds it twice before c0 ≈ 2e3 magnifies the error at
-the first step, so with a good ε̂ (x ≈ c1·ε̂) its x̂0 errs by ~1e-4 and clamp decisions flip that close to ±clip
-(∂log p/∂ε̂ off the clamp edge, worst of 200 seeded draws: torch float32 1.1e-5, cpp 1.7e-7 relative).
+Near ±clip the clamp may decide differently than the reference (gradient 0 vs not): the compiled kernels round
+x − c1·ε̂ once (``ddim_x0``), torch and triton twice before c0 ≈ 2e3 magnifies it at the first step, so their
+x̂0 errs by ~1e-4 with a good ε̂ (worst ∂log p/∂ε̂ off the clamp edge in 200 seeded draws: torch float32
+1.1e-5, cpp 1.7e-7 relative).
 """
 from __future__ import annotations
 
