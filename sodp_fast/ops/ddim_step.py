@@ -138,9 +138,12 @@ if triton is not None:
         return c2 * x0 + c3 * eps_c, x0_raw
 
     @triton.jit
-    def _ddim_rows(x_ptr, eps_ptr, coef_ptr, n, d, sx0, sx1, se0, se1, s_coef, clip, HAS_CLIP: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-        """This program's rows, cols, row and tile masks, c0 … c4 [BLOCK_N], and its rows' mean and unclamped x̂0."""
+    def _ddim_kernel(x_ptr, eps_ptr, y_ptr, coef_ptr, gout_ptr, out_ptr, logp_ptr, n, d, sx0, sx1, se0, se1, sy0,
+                     sy1, s_coef, s_gout, clip, log_norm, MODE: tl.constexpr, HAS_Y: tl.constexpr,
+                     HAS_CLIP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+        """MODE 0 (sampling): y is the noise z (or absent), writes x_prev to ``out`` and log p [N]. MODE 1: y is the
+        stored x_prev, writes log p. MODE 2 (its backward): writes ∂L/∂ε̂ = g · (z/σ) · (c3 − c2·c1·c0) ·
+        [x̂0 in bounds] to ``out``."""
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         cols = tl.arange(0, BLOCK_D)
         rmask = rows < n
@@ -153,82 +156,56 @@ if triton is not None:
         eps = _load_rows(eps_ptr, rows, cols, se0, se1, mask)
         mean, x0_raw = _ddim_mean(x, eps, c0[:, None], c1[:, None], c2[:, None], c3[:, None], c5[:, None], clip,
                                   HAS_CLIP)
-        return rows, cols, rmask, mask, c0, c1, c2, c3, c4, mean, x0_raw
-
-    @triton.jit
-    def _ddim_step_kernel(x_ptr, eps_ptr, noise_ptr, coef_ptr, out_ptr, logp_ptr, n, d,
-                          sx0, sx1, se0, se1, sz0, sz1, s_coef, clip, log_norm,
-                          HAS_NOISE: tl.constexpr, HAS_CLIP: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_D: tl.constexpr):
-        rows, cols, rmask, mask, c0, c1, c2, c3, c4, mean, _ = _ddim_rows(
-            x_ptr, eps_ptr, coef_ptr, n, d, sx0, sx1, se0, se1, s_coef, clip, HAS_CLIP, BLOCK_N, BLOCK_D)
-        if HAS_NOISE:
-            z = _load_rows(noise_ptr, rows, cols, sz0, sz1, mask)
-            x_prev = mean + c4[:, None] * z
-            sq = tl.sum(z * z, axis=1)
+        if MODE == 0:
+            if HAS_Y:
+                z = _load_rows(y_ptr, rows, cols, sy0, sy1, mask)
+                res = mean + c4[:, None] * z
+                sq = tl.sum(z * z, axis=1)
+            else:
+                res = mean
+                sq = tl.zeros([BLOCK_N], dtype=tl.float32)
         else:
-            x_prev = mean
-            sq = tl.zeros([BLOCK_N], dtype=tl.float32)
-        tl.store(out_ptr + rows[:, None] * d + cols[None, :], x_prev.to(out_ptr.dtype.element_ty), mask=mask)
-        tl.store(logp_ptr + rows, -0.5 * sq - d * (tl.log(c4) + log_norm), mask=rmask)
-
-    @triton.jit
-    def _ddim_logprob_kernel(x_ptr, eps_ptr, xp_ptr, coef_ptr, gout_ptr, logp_ptr, geps_ptr, n, d,
-                             sx0, sx1, se0, se1, sp0, sp1, s_coef, s_gout, clip, log_norm,
-                             BACKWARD: tl.constexpr, HAS_CLIP: tl.constexpr, BLOCK_N: tl.constexpr,
-                             BLOCK_D: tl.constexpr):
-        """Forward writes log p [N]; backward writes ∂L/∂ε̂ = g · (z/σ) · (c3 − c2·c1·c0) · [x̂0 in bounds]."""
-        rows, cols, rmask, mask, c0, c1, c2, c3, c4, mean, x0_raw = _ddim_rows(
-            x_ptr, eps_ptr, coef_ptr, n, d, sx0, sx1, se0, se1, s_coef, clip, HAS_CLIP, BLOCK_N, BLOCK_D)
-        z = (_load_rows(xp_ptr, rows, cols, sp0, sp1, mask) - mean) / c4[:, None]
-        if BACKWARD:
-            g = tl.load(gout_ptr + rows * s_gout, mask=rmask, other=0.0).to(tl.float32)
-            dmean_deps = c3 - c2 * c1 * c0
-            grad = (g * dmean_deps / c4)[:, None] * z
-            if HAS_CLIP:  # torch's clamp passes gradient on the closed interval
-                grad = tl.where((x0_raw >= -clip) & (x0_raw <= clip), grad, 0.0)
-            tl.store(geps_ptr + rows[:, None] * d + cols[None, :], grad.to(geps_ptr.dtype.element_ty), mask=mask)
-        else:
-            z = tl.where(mask, z, 0.0)
-            tl.store(logp_ptr + rows, -0.5 * tl.sum(z * z, axis=1) - d * (tl.log(c4) + log_norm), mask=rmask)
+            z = (_load_rows(y_ptr, rows, cols, sy0, sy1, mask) - mean) / c4[:, None]
+            if MODE == 2:
+                g = tl.load(gout_ptr + rows * s_gout, mask=rmask, other=0.0).to(tl.float32)
+                res = (g * (c3 - c2 * c1 * c0) / c4)[:, None] * z
+                if HAS_CLIP:  # torch's clamp passes gradient on the closed interval
+                    res = tl.where((x0_raw >= -clip) & (x0_raw <= clip), res, 0.0)
+            else:
+                z = tl.where(mask, z, 0.0)
+                sq = tl.sum(z * z, axis=1)
+        if MODE != 1:
+            tl.store(out_ptr + rows[:, None] * d + cols[None, :], res.to(out_ptr.dtype.element_ty), mask=mask)
+        if MODE != 2:
+            tl.store(logp_ptr + rows, -0.5 * sq - d * (tl.log(c4) + log_norm), mask=rmask)
 
 
-def _launch_shape(n: int, d: int):
-    """Whole rows per program (D = 48 pads to 64 lanes); enough rows that a program moves a few KB."""
+def _ddim_triton(mode, x, eps, y, coef, s_coef, clip, grad_logp=None):
+    """(out, log p) of ``_ddim_kernel`` in ``mode``; whole rows per program (D = 48 pads to 64 lanes), enough rows
+    that a program moves a few KB."""
+    n, d = x.shape
+    out = torch.empty((0,) if mode == 1 else (n, d), device=x.device, dtype=x.dtype if mode == 0 else eps.dtype)
+    logp = torch.empty(0 if mode == 2 else n, device=x.device, dtype=torch.float32)
+    z = x if y is None else y  # a placeholder pointer where y is absent
+    gout = logp if grad_logp is None else grad_logp
     block_d = triton.next_power_of_2(d)
     block_n = min(triton.next_power_of_2(n), max(1, 2048 // block_d))
-    return (triton.cdiv(n, block_n),), block_n, block_d
+    _ddim_kernel[(triton.cdiv(n, block_n),)](
+        x, eps, z, coef, gout, out, logp, n, d, *x.stride(), *eps.stride(), *z.stride(), s_coef,
+        gout.stride(0) if mode == 2 else 0, 0.0 if clip is None else float(clip), HALF_LOG_2PI, MODE=mode,
+        HAS_Y=y is not None, HAS_CLIP=clip is not None, BLOCK_N=block_n, BLOCK_D=block_d)
+    return out, logp
 
 
 @register("ddim_step", "triton")
 def ddim_step_triton(x, eps, noise, coef, clip):
     _refuse_grad("triton", "ddim_step", x, eps, noise)
-    n, d = x.shape
-    coef, s_coef = _coef_rows(coef, n, x.device)
-    out = torch.empty((n, d), device=x.device, dtype=x.dtype)
-    logp = torch.empty(n, device=x.device, dtype=torch.float32)
-    z = x if noise is None else noise
-    grid, block_n, block_d = _launch_shape(n, d)
-    _ddim_step_kernel[grid](x, eps, z, coef, out, logp, n, d, x.stride(0), x.stride(1), eps.stride(0),
-                            eps.stride(1), z.stride(0), z.stride(1), s_coef, 0.0 if clip is None else float(clip),
-                            HALF_LOG_2PI, HAS_NOISE=noise is not None, HAS_CLIP=clip is not None,
-                            BLOCK_N=block_n, BLOCK_D=block_d)
-    return out, logp
+    return _ddim_triton(0, x, eps, noise, *_coef_rows(coef, x.shape[0], x.device), clip)
 
 
 def _ddim_logprob_triton(x, eps, x_prev, coef, s_coef, clip, grad_logp=None):
-    n, d = x.shape
-    backward = grad_logp is not None
-    logp = torch.empty(0 if backward else n, device=x.device, dtype=torch.float32)
-    grad_eps = torch.empty((n, d) if backward else (0,), device=x.device, dtype=eps.dtype)
-    gout = grad_logp if backward else logp
-    grid, block_n, block_d = _launch_shape(n, d)
-    _ddim_logprob_kernel[grid](x, eps, x_prev, coef, gout, logp, grad_eps, n, d, x.stride(0), x.stride(1),
-                               eps.stride(0), eps.stride(1), x_prev.stride(0), x_prev.stride(1), s_coef,
-                               gout.stride(0) if backward else 0, 0.0 if clip is None else float(clip),
-                               HALF_LOG_2PI, BACKWARD=backward, HAS_CLIP=clip is not None, BLOCK_N=block_n,
-                               BLOCK_D=block_d)
-    return grad_eps if backward else logp
+    out, logp = _ddim_triton(1 if grad_logp is None else 2, x, eps, x_prev, coef, s_coef, clip, grad_logp)
+    return logp if grad_logp is None else out
 
 
 @register("ddim_logprob", "triton")
