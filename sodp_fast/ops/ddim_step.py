@@ -33,13 +33,7 @@ import math
 import torch
 
 from sodp_fast.ops import _cpp, _cuda
-from sodp_fast.ops.dispatch import get, register
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the reference still works; dispatch reports triton as absent
-    triton = tl = None
+from sodp_fast.ops.dispatch import get, register, tl, triton
 
 NUM_COEF = 6
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)

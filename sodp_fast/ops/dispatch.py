@@ -23,6 +23,12 @@ from typing import Callable
 
 import torch
 
+try:  # the op modules take triton from here
+    import triton
+    import triton.language as tl
+except ImportError:  # the references still work; triton is reported absent
+    triton = tl = None
+
 BACKENDS = ("torch", "cpp", "triton", "cuda")
 _DEVICE_ONLY = {"cpp": "cpu", "cuda": "cuda"}  # backends that run on one device type only
 AUTO_PREFERENCE = {"cuda": ("torch",), "cpu": ("cpp", "torch")}
@@ -72,11 +78,7 @@ def backend_present(backend: str) -> bool:
 
         return _cuda.available() and torch.cuda.is_available()
     if backend == "triton":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return False
-        return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+        return triton is not None and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
@@ -125,10 +127,6 @@ def describe_backends() -> dict[str, str]:
     """Human-readable presence of each backend, for ``sodp info`` and error messages."""
     from sodp_fast.ops import _cpp, _cuda
 
-    try:
-        import triton
-    except ImportError:
-        triton = None
     gpu = torch.cuda.is_available()
     return {
         "torch": f"present (torch {torch.__version__})",

@@ -26,13 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from sodp_fast.ops import _cpp, _cuda
-from sodp_fast.ops.dispatch import get, register
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the reference still works; dispatch reports triton as absent
-    triton = tl = None
+from sodp_fast.ops.dispatch import get, register, tl, triton
 
 
 @register("film_epilogue", "torch")

@@ -29,13 +29,7 @@ from __future__ import annotations
 import torch
 
 from sodp_fast.ops import _cpp, _cuda
-from sodp_fast.ops.dispatch import get, register
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the reference still works; dispatch reports triton as absent
-    triton = tl = None
+from sodp_fast.ops.dispatch import get, register, tl, triton
 
 
 @register("ppo_loss", "torch")
