@@ -1,21 +1,18 @@
 """Conv-block epilogue of the U-Net's residual blocks: GroupNorm → Mish → FiLM (scale, shift) → + residual.
 
 Diffusion Policy's ConditionalResidualBlock1D runs conv → GroupNorm → Mish, then FiLM on the first block's
-output and the residual add on the second's; every elementwise stage after the convolution is one memory pass
-in eager PyTorch. This op is that whole epilogue, so a fused kernel reads the conv output once and writes once.
+output and the residual add on the second's: one memory pass per stage in eager PyTorch. Fused, the whole
+epilogue reads the conv output once and writes once.
 
-Triton backend: one program per (batch, group) holds the group's C/G × T values in registers (384 values for the
-paper's widths at Tp = 12), so the statistics, normalisation, Mish, FiLM and residual add are one read of h and
-one write. The backward recomputes the forward from h and the saved per-group mean/rstd (nothing else saved) and
-in one pass writes ∂h, ∂scale, ∂shift and per-batch partials of ∂gn_weight, ∂gn_bias (summed over the batch by
-one small reduction: a cross-program sum with no atomics, so results are deterministic). ∂residual is the
-incoming gradient itself. Mish is x·tanh(softplus(x)) written as x·n/(n + 2), n = eˣ(eˣ + 2), with eˣ capped
-at e²⁰ — exact to float32 rounding on both tails and free of libdevice tanh.
+Triton: one program per (batch, group) holds the group's C/G × T values in registers (384 at the paper's widths
+and Tp = 12). The backward recomputes the forward from h and the saved per-group mean/rstd (nothing else is
+saved) and in one pass writes ∂h, ∂scale, ∂shift and per-batch partials of ∂gn_weight, ∂gn_bias, summed over
+the batch by one small reduction (no atomics, so deterministic). Mish is x·tanh(softplus(x)) written as
+x·n/(n + 2), n = eˣ(eˣ + 2), with eˣ capped at e²⁰: exact to float32 rounding on both tails, no libdevice tanh.
 
-"cpp" (CPU) and "cuda" run the same computation from one C++ source of per-element math
-(``csrc/kernel_math.h``): one work item per (batch, group), saving only the per-group mean/rstd, with the Mish
-derivative written as t + y·(2/(n + 2))·(1 + t)·σ(y) (sech² = (1 − t)(1 + t), no 1 − t² cancellation as t → 1).
-The CPU kernels are float32 (other dtypes run the reference); the CUDA ones take fp32 or bf16 h.
+"cpp" (CPU, float32; other dtypes run the reference) and "cuda" (fp32 or bf16 h) run the same per-element math
+(``csrc/kernel_math.h``), one work item per (batch, group), with the Mish derivative written as
+t + y·(2/(n + 2))·(1 + t)·σ(y) (sech² = (1 − t)(1 + t): no 1 − t² cancellation as t → 1).
 
 Tolerances against a float64 reference (‖out − ref‖/‖ref‖), forward and every gradient: float32 ≲ 1e-5, bf16
 ≲ 1e-2 (statistics and arithmetic in float32 for any input dtype).

@@ -1,6 +1,5 @@
-"""Batched PPO ratio/clip loss over (chain × denoising-step) rows (paper Eq. 12), reference + Triton.
-
-Each row is one denoising transition of one chain; its advantage is the chunk reward of its chain broadcast to
+"""Batched PPO ratio/clip loss over (chain × denoising-step) rows (paper Eq. 12): PyTorch reference and fused
+backends. Each row is one denoising transition of one chain, its advantage the chain's chunk reward broadcast to
 every step. In the PPO convention (minimise):
 
     ρ        = exp(new − old)
@@ -8,21 +7,17 @@ every step. In the PPO convention (minimise):
     clip_frac = mean_rows [|ρ − 1| > ε]                 (logging: share of rows whose ratio is clipped)
     approx_kl = mean_rows (ρ − 1) − log ρ               (logging: the k3 estimator, ≥ 0 row by row)
 
-∂loss/∂new = −A·ρ/N where the unclipped term is the max, and 0 where the clipped term is strictly larger
-(A > 0 and ρ > 1 + ε, or A < 0 and ρ < 1 − ε). Only ``new_logp`` gets a gradient; old log-probs and advantages
-are data. The two logging outputs are detached.
+∂loss/∂new = −A·ρ/N, and 0 where the clipped term is strictly larger (A > 0 and ρ > 1 + ε, or A < 0 and
+ρ < 1 − ε). Only ``new_logp`` gets a gradient; the two logging outputs are detached.
 
-Why fused: eager PyTorch spends ~15 launches on [N]-sized vectors here (N = 2560 for 256 chains × 10 steps),
-so the update step is launch-bound; the Triton forward is one pass that writes per-program partial sums (then one
-tiny sum), the backward one pass that recomputes ρ and writes the gradient.
+Why fused: eager PyTorch spends ~15 launches on [N]-sized vectors here (N = 2560 for 256 chains × 10 steps), so
+the update step is launch-bound; the Triton forward is one pass writing per-program partial sums (then one tiny
+sum), the backward one pass that recomputes ρ. The compiled backends (cuda, cpp) share their per-row math
+(``csrc/kernel_math.h``), which forms ρ − 1 as expm1(new − old): at PPO's small log-ratios ρ − 1 keeps float32
+relative accuracy and the k3 term ≈ log²ρ/2 is 1/|log ρ| times more accurate than with exp(·) − 1.
 
-Backends: "torch" (reference), "triton", "cuda" (``cuda_backend.py``) and "cpp" (CPU). The compiled ones (cuda,
-cpp) share their per-row math (``csrc/kernel_math.h``), which forms ρ − 1 as expm1(new − old): at the small
-log-ratios PPO lives at, ρ − 1 keeps float32 relative accuracy and the k3 term ≈ log²ρ/2 is 1/|log ρ| times more
-accurate than with exp(·) − 1.
-
-Tolerances (relative to a float64 reference, ‖out − ref‖/‖ref‖): float32 inputs ≲ 1e-5 for the loss, the two
-logging scalars and the gradient; bf16 inputs ≲ 1e-2. All backends accumulate in float32 or better.
+Tolerances against a float64 reference (‖out − ref‖/‖ref‖), all backends accumulating in float32 or better:
+float32 inputs ≲ 1e-5 for the loss, the two logging scalars and the gradient; bf16 inputs ≲ 1e-2.
 """
 from __future__ import annotations
 
