@@ -144,13 +144,8 @@ def measure_bf16_peak(device: torch.device, n: int = 8192, reps: int = 20) -> fl
 
 def device_info(device: torch.device) -> dict:
     info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-            "date": _dt.datetime.now().isoformat(timespec="seconds")}
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
+            "date": _dt.datetime.now().isoformat(timespec="seconds"),
+            "triton": dispatch.triton.__version__ if dispatch.triton else None}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(name=props.name, sm_count=props.multi_processor_count, capability=f"{props.major}.{props.minor}",

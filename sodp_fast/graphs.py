@@ -53,11 +53,7 @@ def default_batch_sizes(max_batch: int) -> list[int]:
     """Powers of two below ``max_batch``, and ``max_batch``: padding then wastes < half a batch."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    sizes, b = [], 1
-    while b < max_batch:
-        sizes.append(b)
-        b *= 2
-    return sizes + [max_batch]
+    return [2**i for i in range((max_batch - 1).bit_length())] + [max_batch]
 
 
 class GraphedSampler:
@@ -157,14 +153,12 @@ class GraphedSampler:
                              "torch.cuda.manual_seed instead of passing a generator")
         if not self.use_graphs:
             return self.eager(obs_hist, generator)
-        parts, start, n = [], 0, obs_hist.shape[0]
-        while start < n:
-            r = min(n - start, self.batch_sizes[-1])
-            part = self._replay(obs_hist[start:start + r])
+        parts, chunk = [], self.batch_sizes[-1]
+        for start in range(0, obs_hist.shape[0], chunk):
+            part = self._replay(obs_hist[start:start + chunk])
             if part is None:  # capture failed just now: run the whole batch eagerly
                 return self.eager(obs_hist)
             parts.append(part)
-            start += r
         if len(parts) == 1:
             return parts[0]
         return DDIMChain(torch.cat([p.latents for p in parts]), torch.cat([p.log_probs for p in parts]))

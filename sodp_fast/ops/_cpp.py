@@ -1,9 +1,8 @@
-"""Thin typed wrapper over the compiled CPU extension ``sodp_fast._cpu_ext`` (csrc/cpu/, always built).
-
-Like the CUDA extension it is built without torch headers (the CPU torch wheel gives us no usable C++ extension
-toolchain), so this wrapper checks device, dtype and layout on the Python side and passes raw pointers and sizes.
-The kernels are float32; the op modules send other dtypes to their PyTorch reference. Threads come from the
-OpenMP runtime torch itself loaded, so ``torch.set_num_threads`` / ``OMP_NUM_THREADS`` apply to them too.
+"""Thin typed wrapper over the compiled CPU extension ``sodp_fast._cpu_ext`` (csrc/cpu/, always built). Like the
+CUDA one it is built without torch headers (the CPU torch wheel has no usable C++ extension toolchain), so the
+checks of device, dtype and layout are here and the kernels get raw pointers and sizes. The kernels are float32
+(the op modules send other dtypes to their reference) and use the OpenMP runtime torch itself loaded, so
+``torch.set_num_threads`` / ``OMP_NUM_THREADS`` apply to them too.
 """
 from __future__ import annotations
 

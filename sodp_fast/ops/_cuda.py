@@ -1,8 +1,6 @@
-"""Thin typed wrapper over the compiled extension ``sodp_fast._cuda_ext``.
-
-The extension is built against the CUDA runtime only, never against torch, so it works with any CUDA build of
-torch: this wrapper checks device, dtype and layout on the Python side and passes raw device pointers plus the
-current stream (which also makes every launch legal inside CUDA-graph capture).
+"""Thin typed wrapper over the compiled extension ``sodp_fast._cuda_ext``, built against the CUDA runtime only (never
+torch), so it works with any CUDA build of torch: the checks are here, the kernels get raw device pointers plus
+the current stream (which also makes every launch legal inside CUDA-graph capture).
 """
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ def _coef_rows(coef: torch.Tensor, n: int, device):
 def _refuse_grad(backend: str, op: str, *tensors):
     """The fused ddim_step has no backward, and the fused ddim_logprob one w.r.t. ε̂ only: refuse a gradient that
     would otherwise be silently missing."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if _cpp.needs_grad(*tensors):
         why = ("is for sampling (no autograd); use ddim_logprob for the PPO path" if op == "ddim_step" else
                "differentiates w.r.t. eps only; detach x, x_prev and coef (stored chain data) or use backend='torch'")
         raise RuntimeError(f"the {backend} {op} {why}")
