@@ -134,8 +134,7 @@ def measure_bf16_peak(device: torch.device, n: int = 8192, reps: int = 20) -> fl
     """Achieved FLOP/s of an n³ bf16 matmul on random data (median of ``reps``); None off CUDA."""
     if device.type != "cuda":
         return None
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
     for _ in range(3):
         a @ b
     times = time_calls(lambda: a @ b, device, reps, reps, 0.0)
@@ -251,12 +250,10 @@ def run_sampler(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--batch-sizes must be a comma list of integers, not {args.batch_sizes!r}") from None
     presets = _csv(args.presets) if args.presets else (["default", "tiny"] if on_gpu else ["tiny", "small"])
     variants = _csv(args.variants) if args.variants else list(GPU_VARIANTS if on_gpu else CPU_VARIANTS)
-    for v in variants:
-        if v not in VARIANTS:
-            raise ConfigError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
-    for name in presets:
-        if name not in PRESETS:
-            raise ConfigError(f"unknown U-Net preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
+    if bad := [v for v in variants if v not in VARIANTS]:
+        raise ConfigError(f"unknown variant {bad[0]!r}; choose from {', '.join(VARIANTS)}")
+    if bad := [name for name in presets if name not in PRESETS]:
+        raise ConfigError(f"unknown U-Net preset {bad[0]!r}; choose from {', '.join(sorted(PRESETS))}")
     if not batches or min(batches) < 1:
         raise ConfigError(f"--batch-sizes must be positive, got {batches}")
     check_fits(max(batches) * 4 * 2 * 12 * 4 * 11, f"a batch of {max(batches):,} chains")

@@ -64,8 +64,7 @@ class DDIMSampler:
         if eta < 0 or std_min < 0:
             raise ValueError("eta and std_min must be >= 0")
         self.schedule, self.num_steps, self.eta, self.std_min, self.clip = schedule, num_steps, eta, std_min, clip
-        stride = K // num_steps
-        self.timesteps = torch.arange(K - 1, -1, -stride)  # [S]: 99, 89, …, 9
+        self.timesteps = torch.arange(K - 1, -1, -(K // num_steps))  # [S]: 99, 89, …, 9
         self.coef = self.step_coefficients(eta, std_min)  # [S, 6] float64
         self.coef_deterministic = self.step_coefficients(0.0, 0.0)
 

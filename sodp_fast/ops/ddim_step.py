@@ -39,14 +39,10 @@ NUM_COEF = 6
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def _split(coef: torch.Tensor, n: int):
-    coef = coef.reshape(-1, NUM_COEF).expand(n, NUM_COEF)
-    return [coef[:, i : i + 1] for i in range(NUM_COEF)]
-
-
 def ddim_mean_torch(x: torch.Tensor, eps: torch.Tensor, coef: torch.Tensor, clip: float | None):
     """Mean and std of p(x_prev | x_t) for rows of x, eps: [N, D]."""
-    c0, c1, c2, c3, c4, c5 = _split(coef.to(x.dtype), x.shape[0])
+    coef = coef.to(x.dtype).reshape(-1, NUM_COEF).expand(x.shape[0], NUM_COEF)
+    c0, c1, c2, c3, c4, c5 = (coef[:, i : i + 1] for i in range(NUM_COEF))
     x0 = (x - c1 * eps) * c0
     if clip is not None:
         x0 = x0.clamp(-clip, clip)

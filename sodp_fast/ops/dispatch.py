@@ -67,19 +67,13 @@ def register(op: str, backend: str) -> Callable[[Callable], Callable]:
 
 def backend_present(backend: str) -> bool:
     """Whether a backend can run at all in this process (library importable, GPU present where needed)."""
-    if backend == "torch":
-        return True
-    if backend == "cpp":
-        from sodp_fast.ops import _cpp
+    from sodp_fast.ops import _cpp, _cuda
 
-        return _cpp.available()
-    if backend == "cuda":
-        from sodp_fast.ops import _cuda
-
-        return _cuda.available() and torch.cuda.is_available()
-    if backend == "triton":
-        return triton is not None and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
-    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    gpu = torch.cuda.is_available()
+    return {"torch": True, "cpp": _cpp.available(), "cuda": _cuda.available() and gpu,
+            "triton": triton is not None and (gpu or os.environ.get("TRITON_INTERPRET") == "1")}[backend]
 
 
 def set_default_backend(backend: str) -> None:

@@ -114,8 +114,7 @@ def _ppo_triton(new_logp, old_logp, advantages, clip_eps, grad_loss=None):
     iters = triton.cdiv(blocks, _MAX_PROGRAMS)
     programs = triton.cdiv(blocks, iters)
     part = torch.empty(programs, 3, device=new_logp.device, dtype=torch.float32)
-    _ppo_fwd_kernel[(programs,)](new_logp, old_logp, advantages, part, n, *strides, clip_eps, BLOCK=_BLOCK,
-                                 ITERS=iters)
+    _ppo_fwd_kernel[(programs,)](new_logp, old_logp, advantages, part, n, *strides, clip_eps, BLOCK=_BLOCK, ITERS=iters)
     return part.sum(0) / n
 
 
