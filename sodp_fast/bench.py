@@ -84,12 +84,6 @@ def unet_flops(config: UNetConfig, horizon: int, action_dim: int, cond_dim: int)
     return 2 * macs
 
 
-def chain_flops(planner: DiffusionPlanner) -> int:
-    """FLOPs of one sample's S-step chain (the DDIM steps themselves are negligible)."""
-    c = planner.config
-    return c.ddim_steps * unet_flops(c.unet, c.horizon, c.action_dim, c.n_obs_steps * c.obs_dim)
-
-
 # ---- measurement helpers -----------------------------------------------------------------------------------------
 def nvtx_range(name: str):
     """An NVTX range so Nsight Systems shows the phase (``nvtx`` package; a no-op context without it)."""
@@ -287,7 +281,8 @@ def run_sampler(args: argparse.Namespace) -> dict:
     for pname in presets:
         torch.manual_seed(0)
         planner = DiffusionPlanner(PlannerConfig(unet=preset(pname))).to(dev).eval()
-        flops = chain_flops(planner)
+        c = planner.config  # FLOPs of one sample's chain; the DDIM steps themselves are negligible
+        flops = c.ddim_steps * unet_flops(c.unet, c.horizon, c.action_dim, c.n_obs_steps * c.obs_dim)
         compiled: dict = {}
         torch._dynamo.reset()  # drop the previous preset's compiled graphs
         say(f"\npreset {pname}: {sum(p.numel() for p in planner.parameters()) / 1e6:.2f} M params, "

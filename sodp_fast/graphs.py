@@ -2,10 +2,8 @@
 as one graph per batch size. At rollout batch sizes (one chain per environment, 8 … 256) the default U-Net's
 ~60 kernels per forward × 10 steps are launch-bound in eager PyTorch; a replay launches them from one host call.
 
-* **Static buffers.** Each captured batch size B owns static observations, x_K and noise buffers, and the chain
-  produced during capture (in the graph's memory pool, rewritten by every replay). ``__call__`` copies the
-  observations in, replays, and returns copies of the first b rows (``clone_outputs=False``: views that the
-  next replay overwrites).
+* **Static buffers** per captured batch size (observations, x_K, noise, and the chain written into the graph's
+  pool); a call returns copies of its rows, or with ``clone_outputs=False`` views the next replay overwrites.
 * **Fresh noise on every replay.** The captured region starts with ``x_K.normal_()`` and ``noise.normal_()``
   on the default CUDA generator, which is graph-safe (Philox; "CUDA Graph-safe RNG states" in ATen's
   CUDAGeneratorImpl.h): each replay reads the generator's seed/offset and advances the offset by the region's
@@ -113,8 +111,7 @@ class GraphedSampler:
     def _graph_for(self, b: int) -> _Captured | None:
         if b in self._graphs:
             return self._graphs[b]
-        c, s = self.planner.config, self._sampler.num_steps
-        dev = self.device
+        c, s, dev = self.planner.config, self._sampler.num_steps, self.device
         obs = torch.zeros(b, c.n_obs_steps, c.obs_dim, device=dev)
         x_init = torch.empty(b, c.horizon, c.action_dim, device=dev)
         noise = None if self.deterministic else torch.empty(b, s, c.horizon, c.action_dim, device=dev)
