@@ -37,7 +37,7 @@ if SMOKE and not torch.cuda.is_available():
 
 from sodp_fast.diffusion.ddim import DDIMSampler  # noqa: E402
 from sodp_fast.diffusion.schedule import NoiseSchedule  # noqa: E402
-from sodp_fast.ops import cuda_backend, dispatch  # noqa: E402,F401  (cuda_backend registers the extension's ops)
+from sodp_fast.ops import dispatch  # noqa: E402
 from sodp_fast.ops.ddim_step import ddim_logprob_torch, ddim_step_torch  # noqa: E402
 from sodp_fast.ops.film_epilogue import film_epilogue_torch  # noqa: E402
 from sodp_fast.ops.ppo_loss import ppo_loss_torch  # noqa: E402

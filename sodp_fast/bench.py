@@ -6,20 +6,16 @@ preset, for these variants side by side in one run:
   eager                    the PyTorch reference (torch ops, one Python-driven launch after another)
   diffusers                our U-Net driven by diffusers' DDIMScheduler (the Diffusion Policy / LeRobot way;
                            no log-probs; only when ``diffusers`` is installed)
-  compile                  torch.compile(U-Net) (default mode; on CPU inductor's C++ code) in the eager chain loop
-  compile-reduce-overhead  torch.compile(U-Net, mode="reduce-overhead") in the eager chain loop
-  compile-max-autotune     torch.compile(U-Net, mode="max-autotune") in the eager chain loop
+  compile[-MODE]           torch.compile(U-Net) in the eager chain loop: default mode (on CPU inductor's C++ code),
+                           reduce-overhead, max-autotune
   ours / ours-cpp / ours-triton / ours-cuda
                            fused ops (+ the CUDA-graph-captured chain on CUDA: ``GraphedSampler``); the suffix picks
                            the backend of ``ddim_step`` and of the U-Net's FiLM epilogues ("ours" = auto)
 
 Every variant runs at the same precision (``--precision``; bf16 autocast for the U-Net on CUDA by default,
 latents and log-probs float32). Compile and capture happen before timing and are reported as ``setup_s``.
-Throughput is also given as FLOP/s against the bf16 matmul peak measured in the same run (a large bf16 matmul):
-FLOPs are counted analytically from the U-Net's conv / linear shapes (``unet_flops``; normalisation and
-activations are not counted). On CPU the default run compares eager, compile and ours-cpp on the tiny and small
-U-Nets at batches 1, 8, 32, 256 (host clock; the GPU targets are not evaluated). Every row also gives its
-samples/s ratio to eager in the same cell ("x eager").
+Throughput is also given as FLOP/s against a bf16 matmul peak measured in the same run, FLOPs counted from the
+U-Net's conv / linear shapes (``unet_flops``). Every row gives its samples/s ratio to eager in the same cell.
 """
 from __future__ import annotations
 
@@ -88,12 +84,6 @@ def unet_flops(config: UNetConfig, horizon: int, action_dim: int, cond_dim: int)
     return 2 * macs
 
 
-def chain_flops(planner: DiffusionPlanner) -> int:
-    """FLOPs of one sample's S-step chain (the DDIM steps themselves are negligible)."""
-    c = planner.config
-    return c.ddim_steps * unet_flops(c.unet, c.horizon, c.action_dim, c.n_obs_steps * c.obs_dim)
-
-
 # ---- measurement helpers -----------------------------------------------------------------------------------------
 def nvtx_range(name: str):
     """An NVTX range so Nsight Systems shows the phase (``nvtx`` package; a no-op context without it)."""
@@ -138,8 +128,7 @@ def measure_bf16_peak(device: torch.device, n: int = 8192, reps: int = 20) -> fl
     """Achieved FLOP/s of an n³ bf16 matmul on random data (median of ``reps``); None off CUDA."""
     if device.type != "cuda":
         return None
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
     for _ in range(3):
         a @ b
     times = time_calls(lambda: a @ b, device, reps, reps, 0.0)
@@ -148,13 +137,8 @@ def measure_bf16_peak(device: torch.device, n: int = 8192, reps: int = 20) -> fl
 
 def device_info(device: torch.device) -> dict:
     info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-            "date": _dt.datetime.now().isoformat(timespec="seconds")}
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
+            "date": _dt.datetime.now().isoformat(timespec="seconds"),
+            "triton": dispatch.triton.__version__ if dispatch.triton else None}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(name=props.name, sm_count=props.multi_processor_count, capability=f"{props.major}.{props.minor}",
@@ -227,23 +211,6 @@ def build_variant(name: str, planner: DiffusionPlanner, batch: int, autocast_dty
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------
-class Report:
-    """Prints lines and keeps them for the raw log file."""
-
-    def __init__(self, log_path: Path | None):
-        self._file = open(log_path, "w") if log_path else None
-
-    def __call__(self, line: str = "") -> None:
-        print(line, flush=True)
-        if self._file:
-            self._file.write(line + "\n")
-            self._file.flush()
-
-    def close(self) -> None:
-        if self._file:
-            self._file.close()
-
-
 def _csv(s: str, conv=str) -> list:
     return [conv(v.strip()) for v in s.split(",") if v.strip()]
 
@@ -277,12 +244,10 @@ def run_sampler(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--batch-sizes must be a comma list of integers, not {args.batch_sizes!r}") from None
     presets = _csv(args.presets) if args.presets else (["default", "tiny"] if on_gpu else ["tiny", "small"])
     variants = _csv(args.variants) if args.variants else list(GPU_VARIANTS if on_gpu else CPU_VARIANTS)
-    for v in variants:
-        if v not in VARIANTS:
-            raise ConfigError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
-    for name in presets:
-        if name not in PRESETS:
-            raise ConfigError(f"unknown U-Net preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
+    if bad := [v for v in variants if v not in VARIANTS]:
+        raise ConfigError(f"unknown variant {bad[0]!r}; choose from {', '.join(VARIANTS)}")
+    if bad := [name for name in presets if name not in PRESETS]:
+        raise ConfigError(f"unknown U-Net preset {bad[0]!r}; choose from {', '.join(sorted(PRESETS))}")
     if not batches or min(batches) < 1:
         raise ConfigError(f"--batch-sizes must be positive, got {batches}")
     check_fits(max(batches) * 4 * 2 * 12 * 4 * 11, f"a batch of {max(batches):,} chains")
@@ -297,7 +262,12 @@ def run_sampler(args: argparse.Namespace) -> dict:
     min_reps = args.min_reps if args.min_reps is not None else (5 if on_gpu else 3)
     folder = RunFolder(args.out).open() if args.out else None
     out = folder.path if folder else None
-    say = Report(out / "sampler.log" if out else None)
+    log_file = open(out / "sampler.log", "w", buffering=1) if out else None  # line-buffered raw log
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        if log_file:
+            print(line, file=log_file)
 
     info = device_info(dev)
     say(f"sodp bench sampler: {info['name']}  torch {info['torch']}  triton {info['triton']}  precision {precision}")
@@ -311,7 +281,8 @@ def run_sampler(args: argparse.Namespace) -> dict:
     for pname in presets:
         torch.manual_seed(0)
         planner = DiffusionPlanner(PlannerConfig(unet=preset(pname))).to(dev).eval()
-        flops = chain_flops(planner)
+        c = planner.config  # FLOPs of one sample's chain; the DDIM steps themselves are negligible
+        flops = c.ddim_steps * unet_flops(c.unet, c.horizon, c.action_dim, c.n_obs_steps * c.obs_dim)
         compiled: dict = {}
         torch._dynamo.reset()  # drop the previous preset's compiled graphs
         say(f"\npreset {pname}: {sum(p.numel() for p in planner.parameters()) / 1e6:.2f} M params, "
@@ -373,7 +344,7 @@ def run_sampler(args: argparse.Namespace) -> dict:
         plot(rows, out / "sampler.png", f"{info['name']} ({precision})")
         say(f"\nwrote {out / 'sampler.json'}, {out / 'sampler.png'}, {out / 'sampler.log'}")
         folder.close()
-    say.close()
+        log_file.close()
     return result
 
 

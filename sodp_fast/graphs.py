@@ -1,35 +1,25 @@
 """CUDA-graph-captured DDIM sampling: the whole S-step chain (U-Net forwards, fused steps, log-probs) replayed
-as one graph per batch size.
+as one graph per batch size. At rollout batch sizes (one chain per environment, 8 … 256) the default U-Net's
+~60 kernels per forward × 10 steps are launch-bound in eager PyTorch; a replay launches them from one host call.
 
-At batch sizes that matter for rollouts (one chain per environment, 8 … 256) the default U-Net's ~60 kernels
-per forward × 10 steps are launch-bound in eager PyTorch; a replay launches them all from one host call.
-
-How it is built, and why:
-* **Static buffers.** Each captured batch size B owns a static observation input [B, To, obs_dim], static
-  x_K [B, Tp, A] and noise [B, S, Tp, A] buffers, and the chain's latents / log-probs produced during capture
-  (they live in the graph's memory pool and are rewritten by every replay). ``__call__`` copies the
-  observations in, replays, and returns copies of the first b rows (``clone_outputs=False`` returns views that
-  the next replay overwrites).
+* **Static buffers** per captured batch size (observations, x_K, noise, and the chain written into the graph's
+  pool); a call returns copies of its rows, or with ``clone_outputs=False`` views the next replay overwrites.
 * **Fresh noise on every replay.** The captured region starts with ``x_K.normal_()`` and ``noise.normal_()``
-  on the default CUDA generator. PyTorch's CUDA generator is graph-safe (Philox; see the note "CUDA Graph-safe
-  RNG states" in ATen's CUDAGeneratorImpl.h): capture records the region's total Philox offset increment, and
-  each replay reads the generator's current seed/offset and then advances the offset by that total, so replays
-  draw new numbers and ``torch.cuda.manual_seed`` before a replay makes it repeatable. Only the default
-  generator may be used in capture, hence ``generator`` is refused on the graph path. The buffers a replay drew
-  stay readable (``last_noise``), which is how tests compare a replay with eager sampling on the same noise.
-* **The eager code path, captured.** The graph runs ``DDIMSampler.sample`` itself on the static buffers, from
-  a shallow copy of the planner's sampler whose coefficient tables are already on the device in float32:
-  ``sample`` then does no host→device copy (not allowed during capture) and computes exactly what eager
-  sampling computes. Parameters are read in place, so optimizer steps and ``load_state_dict`` (both in-place)
-  are seen by later replays; replacing a parameter tensor object is not.
-* **Warm-up on a side stream** (as PyTorch requires before capture: lazy init, cuDNN/cuBLAS handles, Triton
-  compilation), then capture into a memory pool shared by all batch sizes of this sampler. Sharing is safe
-  because every graph's outputs stay referenced (their blocks are never handed to another capture) and replays
-  run one after another on one stream.
-* **Fallback.** On CPU, or if capture fails (logged once), calls run the same eager sampler: same numbers,
-  no graph.
-* **Padding.** A batch b is run on the smallest captured size ≥ b (rows are independent in the U-Net: conv and
-  GroupNorm never mix samples); batches over the largest size run in chunks of it.
+  on the default CUDA generator, which is graph-safe (Philox; "CUDA Graph-safe RNG states" in ATen's
+  CUDAGeneratorImpl.h): each replay reads the generator's seed/offset and advances the offset by the region's
+  recorded total, so replays draw new numbers and ``torch.cuda.manual_seed`` makes them repeatable. Only the
+  default generator may be used in capture, hence no ``generator`` on the graph path. ``last_noise`` exposes
+  the draws, which is how tests compare a replay with eager sampling on the same noise.
+* **The eager code path, captured.** The graph runs ``DDIMSampler.sample`` itself, from a copy of the sampler
+  whose coefficient tables are already on the device in float32, so it does no host→device copy (not allowed
+  in capture) and computes exactly what eager sampling computes. Parameters are read in place: optimizer steps
+  and ``load_state_dict`` are seen by later replays; replacing a parameter tensor object is not.
+* **Warm-up on a side stream** (lazy init, cuDNN/cuBLAS handles, Triton compilation, as capture requires), then
+  capture into one memory pool for all batch sizes: safe because every graph's outputs stay referenced and
+  replays run one after another on one stream.
+* **Fallback.** On CPU, or if capture fails (logged once), calls run the same eager sampler.
+* **Padding.** A batch b runs on the smallest captured size ≥ b (rows are independent: conv and GroupNorm never
+  mix samples); batches over the largest size run in chunks of it.
 
 Only sampling is captured; the PPO update step runs eagerly.
 """
@@ -61,11 +51,7 @@ def default_batch_sizes(max_batch: int) -> list[int]:
     """Powers of two below ``max_batch``, and ``max_batch``: padding then wastes < half a batch."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    sizes, b = [], 1
-    while b < max_batch:
-        sizes.append(b)
-        b *= 2
-    return sizes + [max_batch]
+    return [2**i for i in range((max_batch - 1).bit_length())] + [max_batch]
 
 
 class GraphedSampler:
@@ -97,24 +83,19 @@ class GraphedSampler:
         self._last: _Captured | None = None
 
     # ---- the computation that eager calls run and graphs capture -------------------------------------------
-    @staticmethod
-    def _float_eps(model):
-        def fn(x, k, cond):  # bf16 ε̂ under autocast → the latents' dtype, so DDIM steps stay float32
-            return model(x, k, cond).to(x.dtype)
-
-        return fn
+    def _float_eps(self, x, k, cond):  # bf16 ε̂ under autocast → the latents' dtype, so DDIM steps stay float32
+        return self.model(x, k, cond).to(x.dtype)
 
     @torch.no_grad()
     def eager(self, obs_hist: torch.Tensor, generator: torch.Generator | None = None,
               x_init: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> DDIMChain:
-        """The uncaptured computation (what a replay computes), e.g. to check a replay against. Without autocast
-        it is literally ``planner.sample``'s call; with it, one autocast region spans the chain so weights are
-        cast once per chain, not once per step."""
+        """What a replay computes, uncaptured. Without autocast it is literally ``planner.sample``'s call; with it,
+        one autocast region spans the chain so weights are cast once per chain, not once per step."""
         p = self.planner
         if self.autocast_dtype is None:
             model, ctx = self.model, contextlib.nullcontext()
         else:
-            model, ctx = self._float_eps(self.model), torch.autocast("cuda", dtype=self.autocast_dtype)
+            model, ctx = self._float_eps, torch.autocast("cuda", dtype=self.autocast_dtype)
         with ctx:
             return self._sampler.sample(model, p.encode_obs(obs_hist), p.action_shape, self.deterministic,
                                         generator, x_init=x_init, noise=noise, backend=self.backend)
@@ -123,16 +104,14 @@ class GraphedSampler:
     def capture(self) -> "GraphedSampler":
         """Capture every batch size now (keeps capture time out of the first calls)."""
         for b in self.batch_sizes:
-            if not self.use_graphs:
+            if not self.use_graphs or self._graph_for(b) is None:  # None: capture failed, sampling eagerly now
                 break
-            self._graph_for(b)
         return self
 
     def _graph_for(self, b: int) -> _Captured | None:
         if b in self._graphs:
             return self._graphs[b]
-        c, s = self.planner.config, self._sampler.num_steps
-        dev = self.device
+        c, s, dev = self.planner.config, self._sampler.num_steps, self.device
         obs = torch.zeros(b, c.n_obs_steps, c.obs_dim, device=dev)
         x_init = torch.empty(b, c.horizon, c.action_dim, device=dev)
         noise = None if self.deterministic else torch.empty(b, s, c.horizon, c.action_dim, device=dev)
@@ -171,14 +150,12 @@ class GraphedSampler:
                              "torch.cuda.manual_seed instead of passing a generator")
         if not self.use_graphs:
             return self.eager(obs_hist, generator)
-        parts, start, n = [], 0, obs_hist.shape[0]
-        while start < n:
-            r = min(n - start, self.batch_sizes[-1])
-            part = self._replay(obs_hist[start:start + r])
+        parts, chunk = [], self.batch_sizes[-1]
+        for start in range(0, obs_hist.shape[0], chunk):
+            part = self._replay(obs_hist[start:start + chunk])
             if part is None:  # capture failed just now: run the whole batch eagerly
                 return self.eager(obs_hist)
             parts.append(part)
-            start += r
         if len(parts) == 1:
             return parts[0]
         return DDIMChain(torch.cat([p.latents for p in parts]), torch.cat([p.log_probs for p in parts]))

@@ -1,40 +1,35 @@
 """DDIM sampler that returns the whole denoising chain and the log-prob of every transition.
 
-Fine-tuning treats the S-step chain as an MDP (paper Eq. 9): each step is a Gaussian policy step, so the
-sampler must (a) draw x_prev from exactly the density whose log-prob it reports and (b) let the PPO update
-recompute that log-prob for a stored chain under new parameters (``chain_log_prob``).
+Fine-tuning treats the S-step chain as an MDP (paper Eq. 9) of Gaussian policy steps, so the sampler must draw
+x_prev from exactly the density whose log-prob it reports, and recompute that log-prob for a stored chain under
+new parameters (``chain_log_prob``, the PPO update).
 
-Choices, and why:
-* **Timesteps** are "trailing": K−1, K−1−K/S, …, K/S−1, and the last step goes to ᾱ = 1 (the clean sample).
-  The chain then starts at ᾱ_{K−1} ≈ 2e−7, i.e. from pure noise as its prior N(0, I) assumes; the "leading"
-  spacing (90 … 0 for K = 100) would start at ᾱ = 0.02 from a prior that does not match.
+* **Timesteps** are "trailing": K−1, K−1−K/S, …, K/S−1, then ᾱ = 1 (the clean sample), so the chain starts at
+  ᾱ_{K−1} ≈ 2e−7, from pure noise as its prior N(0, I) assumes; "leading" spacing (90 … 0 for K = 100) would
+  start at ᾱ = 0.02 from a prior that does not match.
 * **η** scales the DDIM variance σ_t² = η² (1−ᾱ_prev)/(1−ᾱ_t) (1 − ᾱ_t/ᾱ_prev). Fine-tuning uses η = 1.
 * **Std floor σ_min = 0.1.** With η = 1 the last transition (to ᾱ = 1) has σ = 0 and the one before it
-  σ ≈ 0.01, so those steps would have no (or a needle-sharp) density and their PPO ratios would explode. Each
-  step's std is max(σ_t, σ_min), applied both when sampling and in the log-prob, so the reported density is the
-  one sampled from. 0.1 is 5 % of the [−1, 1] action range (DPPO also floors its std at 0.1, in sampling and
-  in the log-prob), large enough to keep log-probs in a range where float32 ratios are exact to ~1e−6 per unit
-  of log-ratio, small enough that the extra action noise is below what Meta-World's controllers react to. The
-  mean keeps the unfloored σ_t, so at σ_min = 0 the sampler is plain DDIM.
-* **Deterministic mode** (evaluation) is DDIM with η = 0 and no noise: the probability-flow sampler, which maps
-  the initial noise x_K to an action deterministically. Seed the generator for repeatable evaluations.
-* **Log-probs sum over all Tp × A dims** of the latent, not only the Ta executed actions: the MDP action of
-  Eq. 9 is the whole latent a^{k−1}, and the next denoising step depends on all of it, so only the full sum is
-  the exact likelihood ratio of the chain, and no log-prob is clamped. (DPPO instead clamps each dimension's
-  log-prob to [−5, 2] and averages over the executed Ta × A dims only: a per-dimension mean over part of the
-  latent, which keeps its ratios tame but is not the chain's likelihood ratio.) The PPO update divides these
-  sums by Tp × A by default (``--log-ratio mean``, ``losses.improvement_loss`` says why); the sampler reports
-  the exact sums either way.
+  σ ≈ 0.01: no (or a needle-sharp) density, and exploding PPO ratios. Each step's std is max(σ_t, σ_min) in
+  sampling and in the log-prob alike, so the reported density is the one sampled from; the mean keeps the
+  unfloored σ_t (σ_min = 0 is plain DDIM). 0.1 is 5 % of the [−1, 1] action range (DPPO floors at 0.1 too):
+  large enough that float32 ratios are exact to ~1e−6 per unit of log-ratio, small enough that the extra action
+  noise is below what Meta-World's controllers react to.
+* **Deterministic mode** (evaluation) is DDIM with η = 0 and no noise, the probability-flow sampler: x_K maps
+  to an action deterministically (seed the generator for repeatable evaluations).
+* **Log-probs sum over all Tp × A dims** of the latent, unclamped: the MDP action of Eq. 9 is the whole latent
+  a^{k−1}, and the next step depends on all of it, so only the full sum is the chain's exact likelihood ratio.
+  (DPPO clamps each dimension's log-prob to [−5, 2] and averages over the executed Ta × A dims: tamer ratios,
+  but not the chain's likelihood ratio.) The PPO update divides the sums by Tp × A by default
+  (``--log-ratio mean``, ``losses.improvement_loss`` says why); the sampler reports the exact sums.
 * **Few steps are biased even with a perfect ε̂.** For Gaussian data and the analytic optimal predictor the
   10-step chain reproduces the data mean but only 40–80 % of its variance (plug-in x̂0 discards Var[x0 | x_t];
   ``tests/test_ddim.py`` computes the chain's moments in closed form). Fine-tuning optimises the sampler that is
   actually run, so the bias is part of the policy being improved, not an error in it.
-* **One owner of the step math.** The coefficient table ``coef`` [S, 6] (columns c0 … c5 of
-  ``sodp_fast.ops.ddim_step``) is read only here: sampling, the PPO log-prob, the per-step mean (KL
-  regulariser), the forward-posterior chains of offline fine-tuning and the device-resident copy CUDA graphs
-  capture are all methods of ``DDIMSampler``.
+* **One owner of the step math.** Only ``DDIMSampler`` reads the coefficient table ``coef`` [S, 6] (columns
+  c0 … c5 of ``sodp_fast.ops.ddim_step``): sampling, the PPO log-prob, the per-step mean (KL regulariser),
+  offline fine-tuning's forward-posterior chains and the device-resident copy that CUDA graphs capture.
 * **x̂0 is clipped** to the action bounds [−clip, clip] (Meta-World actions live in [−1, 1]); ``clip=None``
-  disables it (needed for unbounded data such as the Gaussian known-answer test).
+  disables it (for unbounded data such as the Gaussian known-answer test).
 """
 from __future__ import annotations
 
@@ -69,8 +64,7 @@ class DDIMSampler:
         if eta < 0 or std_min < 0:
             raise ValueError("eta and std_min must be >= 0")
         self.schedule, self.num_steps, self.eta, self.std_min, self.clip = schedule, num_steps, eta, std_min, clip
-        stride = K // num_steps
-        self.timesteps = torch.arange(K - 1, -1, -stride)  # [S]: 99, 89, …, 9
+        self.timesteps = torch.arange(K - 1, -1, -(K // num_steps))  # [S]: 99, 89, …, 9
         self.coef = self.step_coefficients(eta, std_min)  # [S, 6] float64
         self.coef_deterministic = self.step_coefficients(0.0, 0.0)
 

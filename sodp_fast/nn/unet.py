@@ -28,9 +28,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
-        d = dict(d)
-        d["down_dims"] = tuple(d["down_dims"])
-        return cls(**d)
+        return cls(**{**d, "down_dims": tuple(d["down_dims"])})
 
 
 PRESETS = {

@@ -1,38 +1,18 @@
-"""Thin typed wrapper over the compiled CPU extension ``sodp_fast._cpu_ext`` (csrc/cpu/, always built).
-
-Like the CUDA extension it is built without torch headers (the CPU torch wheel gives us no usable C++ extension
-toolchain), so this wrapper checks device, dtype and layout on the Python side and passes raw pointers and sizes.
-The kernels are float32; the op modules send other dtypes to their PyTorch reference. Threads come from the
-OpenMP runtime torch itself loaded, so ``torch.set_num_threads`` / ``OMP_NUM_THREADS`` apply to them too.
+"""Thin typed wrapper over the compiled CPU extension ``sodp_fast._cpu_ext`` (csrc/cpu/, always built). Like the
+CUDA one it is built without torch headers (the CPU torch wheel has no usable C++ extension toolchain), so the
+checks of device, dtype and layout are here and the kernels get raw pointers and sizes. The kernels are float32
+(the op modules send other dtypes to their reference) and use the OpenMP runtime torch itself loaded, so
+``torch.set_num_threads`` / ``OMP_NUM_THREADS`` apply to them too.
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-try:
-    _ext = importlib.import_module("sodp_fast._cpu_ext")
+from sodp_fast.ops.dispatch import load_extension
 
-    _IMPORT_ERROR = None
-except ImportError as e:  # the build failed, or an old install predates the extension
-    _ext = None
-    _IMPORT_ERROR = str(e)
-
-
-def available() -> bool:
-    return _ext is not None
-
-
-def import_error() -> str | None:
-    return _IMPORT_ERROR
-
-
-def ext():
-    if _ext is None:
-        raise RuntimeError(f"sodp_fast CPU extension is not built: {_IMPORT_ERROR}. Reinstall the package "
-                           "(pip install .) with a C++ compiler and pybind11 available.")
-    return _ext
+available, import_error, ext = load_extension(  # the build failed, or an old install predates the extension
+    "sodp_fast._cpu_ext", "sodp_fast CPU extension is not built: {}. Reinstall the package (pip install .) with "
+    "a C++ compiler and pybind11 available.")
 
 
 def runs(*tensors: torch.Tensor | None) -> bool:

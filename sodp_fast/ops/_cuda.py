@@ -1,39 +1,17 @@
-"""Thin typed wrapper over the compiled extension ``sodp_fast._cuda_ext``.
-
-The extension is built against the CUDA runtime only, never against torch, so it works with any CUDA build of
-torch: this wrapper checks device, dtype and layout on the Python side and passes raw device pointers plus the
-current stream (which also makes every launch legal inside CUDA-graph capture).
+"""Thin typed wrapper over the compiled extension ``sodp_fast._cuda_ext``, built against the CUDA runtime only (never
+torch), so it works with any CUDA build of torch: the checks are here, the kernels get raw device pointers plus
+the current stream (which also makes every launch legal inside CUDA-graph capture).
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-try:
-    _ext = importlib.import_module("sodp_fast._cuda_ext")
+from sodp_fast.ops.dispatch import load_extension
 
-    _IMPORT_ERROR = None
-except ImportError as e:  # built without nvcc, or with SODP_NO_CUDA=1
-    _ext = None
-    _IMPORT_ERROR = str(e)
-
+available, import_error, ext = load_extension(  # built without nvcc, or with SODP_NO_CUDA=1
+    "sodp_fast._cuda_ext", "sodp_fast CUDA extension is not built: {}. Reinstall with nvcc on PATH (and without "
+    "SODP_NO_CUDA=1).")
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
-
-
-def available() -> bool:
-    return _ext is not None
-
-
-def import_error() -> str | None:
-    return _IMPORT_ERROR
-
-
-def ext():
-    if _ext is None:
-        raise RuntimeError(f"sodp_fast CUDA extension is not built: {_IMPORT_ERROR}. "
-                           "Reinstall with nvcc on PATH (and without SODP_NO_CUDA=1).")
-    return _ext
 
 
 def check(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> int:
@@ -45,6 +23,12 @@ def check(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> int:
     if dtype is not None and t.dtype != dtype:
         raise RuntimeError(f"{name}: expected {dtype}, got {t.dtype}")
     return t.data_ptr()
+
+
+def dtype_code(t: torch.Tensor, op: str) -> int:
+    if t.dtype not in DTYPE_CODES:
+        raise RuntimeError(f"{op}: the cuda backend supports {list(DTYPE_CODES)}, got {t.dtype}")
+    return DTYPE_CODES[t.dtype]
 
 
 def stream() -> int:

@@ -4,30 +4,30 @@ Each op module registers its implementations here under an op name; callers ask 
 backend. ``auto`` walks ``AUTO_PREFERENCE`` for the tensor's device and takes the first backend that is
 present and registered (the Triton interpreter is for tests only, never picked by ``auto``).
 
-On CPU the "cpp" kernels are the measured winner for every op (loaded 2-core machine, 2026-12-02,
-``profiles/2026-12-02-cpu-2core-*``; ratios torch / cpp time at the tiny and small U-Nets' sizes, B = 1 … 256):
-``OMP_NUM_THREADS=1 python benchmarks/bench_ops.py --cpu`` gave geometric means ddim_step 3.2, ddim_logprob 3.3,
-ppo_loss 2.3, FiLM epilogue 1.65 (78 of 80 cases > 1, the other two 0.97 and 0.98); with 2 threads cpp won every
-case (torch's GroupNorm forks at any size, ~6 ms per call when the other core is busy). Whole chains,
-``OMP_NUM_THREADS=1 sodp bench sampler --device cpu``: cpp 1.04–1.31x eager samples/s on tiny and small at
-B = 1 … 256 (tiny B = 1 once 0.83x, then 1.08x and 1.11x in an interleaved rerun), so ``auto`` picks cpp on
-CPU. Its results are bitwise the same for any thread count and input alignment (``tests/test_ops_cpp.py``),
-and a fine-tuning run on it resumes bit-identically from every checkpoint (2 threads); the rounding differs
-from the reference's, so a run is reproducible per backend, not across backends.
-
-On CUDA devices ``auto`` also picks the reference until a GPU run has validated and timed the fused kernels:
-they are tested against float64 references in the CPU interpreter and by GPU-only tests, but no GPU has run
-them yet, and a default must not rest on an unmeasured prior. ``benchmarks/gpu_session.sh`` runs the GPU tests
-and ``benchmarks/bench_ops.py`` (which prints the fastest backend per op); once ``profiles/`` holds that run,
-the measured order goes into ``AUTO_PREFERENCE["cuda"]`` (one line). Until then ask for ``backend="cuda"`` or
-``"triton"`` (or ``SODP_BACKEND``) explicitly.
+On CPU ``auto`` picks the "cpp" kernels: they win every op (geometric means 2.3–3.3x, the FiLM epilogue 1.65x;
+``profiles/2026-12-02-cpu-2core-ops/``) and whole chains by 1.04–1.31x
+(``profiles/2026-12-02-cpu-2core-sampler-1thread/``). Their results are bitwise the same for any thread count and
+input alignment (``tests/test_ops_cpp.py``), and a fine-tuning run on them resumes bit-identically from every
+checkpoint (2 threads; ``profiles/2026-12-02-cpu-2core-cpp-reproducibility/``); the rounding differs from the
+reference's, so a run is reproducible per backend, not across backends. On CUDA ``auto`` picks the reference:
+no GPU has yet validated and timed the fused kernels (they are tested against float64 references in the CPU
+interpreter and by GPU-only tests), and a default must not rest on an unmeasured prior. Once
+``benchmarks/gpu_session.sh`` has put that run in ``profiles/``, its order goes into ``AUTO_PREFERENCE["cuda"]``;
+until then ask for ``backend="cuda"`` or ``"triton"`` (or ``SODP_BACKEND``) explicitly.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Callable
 
 import torch
+
+try:  # the op modules take triton from here
+    import triton
+    import triton.language as tl
+except ImportError:  # the references still work; triton is reported absent
+    triton = tl = None
 
 BACKENDS = ("torch", "cpp", "triton", "cuda")
 _DEVICE_ONLY = {"cpp": "cpu", "cuda": "cuda"}  # backends that run on one device type only
@@ -35,6 +35,22 @@ AUTO_PREFERENCE = {"cuda": ("torch",), "cpu": ("cpp", "torch")}
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}
 _default_backend = os.environ.get("SODP_BACKEND", "auto")
+
+
+def load_extension(module: str, missing: str) -> tuple[Callable, Callable, Callable]:
+    """(available, import_error, ext) of an optional compiled extension; ``ext()`` raises ``missing`` (formatted
+    with the import error) where it did not build, so importing the package never needs a compiler."""
+    try:
+        mod, error = importlib.import_module(module), None
+    except ImportError as e:
+        mod, error = None, str(e)
+
+    def ext():
+        if mod is None:
+            raise RuntimeError(missing.format(error))
+        return mod
+
+    return (lambda: mod is not None), (lambda: error), ext
 
 
 def register(op: str, backend: str) -> Callable[[Callable], Callable]:
@@ -51,23 +67,13 @@ def register(op: str, backend: str) -> Callable[[Callable], Callable]:
 
 def backend_present(backend: str) -> bool:
     """Whether a backend can run at all in this process (library importable, GPU present where needed)."""
-    if backend == "torch":
-        return True
-    if backend == "cpp":
-        from sodp_fast.ops import _cpp
+    from sodp_fast.ops import _cpp, _cuda
 
-        return _cpp.available()
-    if backend == "cuda":
-        from sodp_fast.ops import _cuda
-
-        return _cuda.available() and torch.cuda.is_available()
-    if backend == "triton":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return False
-        return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    gpu = torch.cuda.is_available()
+    return {"torch": True, "cpp": _cpp.available(), "cuda": _cuda.available() and gpu,
+            "triton": triton is not None and (gpu or os.environ.get("TRITON_INTERPRET") == "1")}[backend]
 
 
 def set_default_backend(backend: str) -> None:
@@ -95,10 +101,8 @@ def resolve(op: str, backend: str | None, device: torch.device) -> str:
     else:
         order = None
     if order is not None:
-        for cand in order:
-            if cand in impls and _DEVICE_ONLY.get(cand, device.type) == device.type and backend_present(cand):
-                return cand
-        return "torch"
+        return next((cand for cand in order if cand in impls and _DEVICE_ONLY.get(cand, device.type) == device.type
+                     and backend_present(cand)), "torch")
     if backend not in impls:
         raise RuntimeError(f"op {op!r} has no {backend!r} implementation (has: {sorted(impls)})")
     if not backend_present(backend):
@@ -117,23 +121,14 @@ def describe_backends() -> dict[str, str]:
     """Human-readable presence of each backend, for ``sodp info`` and error messages."""
     from sodp_fast.ops import _cpp, _cuda
 
-    out = {"torch": f"present (torch {torch.__version__})"}
-    try:
-        import triton
-
-        where = "GPU" if torch.cuda.is_available() else (
-            "CPU interpreter" if os.environ.get("TRITON_INTERPRET") == "1" else "no GPU (set TRITON_INTERPRET=1 to interpret)")
-        out["triton"] = f"installed (triton {triton.__version__}); {where}"
-    except ImportError:
-        out["triton"] = "not installed"
-    if not _cpp.available():
-        out["cpp"] = f"extension not built ({_cpp.import_error()})"
-    else:
-        out["cpp"] = f"extension built (CPU, OpenMP, {torch.get_num_threads()} threads)"
-    if not _cuda.available():
-        out["cuda"] = f"extension not built ({_cuda.import_error()})"
-    elif not torch.cuda.is_available():
-        out["cuda"] = "extension built; no CUDA device visible to torch"
-    else:
-        out["cuda"] = "extension built; CUDA device present"
-    return {b: out[b] for b in BACKENDS}
+    gpu = torch.cuda.is_available()
+    return {
+        "torch": f"present (torch {torch.__version__})",
+        "cpp": (f"extension built (CPU, OpenMP, {torch.get_num_threads()} threads)" if _cpp.available()
+                else f"extension not built ({_cpp.import_error()})"),
+        "triton": "not installed" if triton is None else f"installed (triton {triton.__version__}); " + (
+            "GPU" if gpu else "CPU interpreter" if os.environ.get("TRITON_INTERPRET") == "1"
+            else "no GPU (set TRITON_INTERPRET=1 to interpret)"),
+        "cuda": (f"extension not built ({_cuda.import_error()})" if not _cuda.available()
+                 else "extension built; " + ("CUDA device present" if gpu else "no CUDA device visible to torch")),
+    }

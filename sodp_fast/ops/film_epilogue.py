@@ -1,21 +1,18 @@
 """Conv-block epilogue of the U-Net's residual blocks: GroupNorm → Mish → FiLM (scale, shift) → + residual.
 
 Diffusion Policy's ConditionalResidualBlock1D runs conv → GroupNorm → Mish, then FiLM on the first block's
-output and the residual add on the second's; every elementwise stage after the convolution is one memory pass
-in eager PyTorch. This op is that whole epilogue, so a fused kernel reads the conv output once and writes once.
+output and the residual add on the second's: one memory pass per stage in eager PyTorch. Fused, the whole
+epilogue reads the conv output once and writes once.
 
-Triton backend: one program per (batch, group) holds the group's C/G × T values in registers (384 values for the
-paper's widths at Tp = 12), so the statistics, normalisation, Mish, FiLM and residual add are one read of h and
-one write. The backward recomputes the forward from h and the saved per-group mean/rstd (nothing else saved) and
-in one pass writes ∂h, ∂scale, ∂shift and per-batch partials of ∂gn_weight, ∂gn_bias (summed over the batch by
-one small reduction: a cross-program sum with no atomics, so results are deterministic). ∂residual is the
-incoming gradient itself. Mish is x·tanh(softplus(x)) written as x·n/(n + 2), n = eˣ(eˣ + 2), with eˣ capped
-at e²⁰ — exact to float32 rounding on both tails and free of libdevice tanh.
+Triton: one program per (batch, group) holds the group's C/G × T values in registers (384 at the paper's widths
+and Tp = 12). The backward recomputes the forward from h and the saved per-group mean/rstd (nothing else is
+saved) and in one pass writes ∂h, ∂scale, ∂shift and per-batch partials of ∂gn_weight, ∂gn_bias, summed over
+the batch by one small reduction (no atomics, so deterministic). Mish is x·tanh(softplus(x)) written as
+x·n/(n + 2), n = eˣ(eˣ + 2), with eˣ capped at e²⁰: exact to float32 rounding on both tails, no libdevice tanh.
 
-"cpp" (CPU) and "cuda" run the same computation from one C++ source of per-element math
-(``csrc/kernel_math.h``): one work item per (batch, group), saving only the per-group mean/rstd, with the Mish
-derivative written as t + y·(2/(n + 2))·(1 + t)·σ(y) (sech² = (1 − t)(1 + t), no 1 − t² cancellation as t → 1).
-The CPU kernels are float32 (other dtypes run the reference); the CUDA ones take fp32 or bf16 h.
+"cpp" (CPU, float32; other dtypes run the reference) and "cuda" (fp32 or bf16 h) run the same per-element math
+(``csrc/kernel_math.h``), one work item per (batch, group), with the Mish derivative written as
+t + y·(2/(n + 2))·(1 + t)·σ(y) (sech² = (1 − t)(1 + t): no 1 − t² cancellation as t → 1).
 
 Tolerances against a float64 reference (‖out − ref‖/‖ref‖), forward and every gradient: float32 ≲ 1e-5, bf16
 ≲ 1e-2 (statistics and arithmetic in float32 for any input dtype).
@@ -26,13 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from sodp_fast.ops import _cpp, _cuda
-from sodp_fast.ops.dispatch import get, register
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the reference still works; dispatch reports triton as absent
-    triton = tl = None
+from sodp_fast.ops.dispatch import get, register, tl, triton
 
 
 @register("film_epilogue", "torch")
@@ -132,57 +123,69 @@ def _groups_split(c: int, num_groups: int) -> int:
     return c // num_groups
 
 
-def _strides(t: torch.Tensor | None, n: int):
-    return t.stride() if t is not None else (0,) * n
+class FilmEpilogue(torch.autograd.Function):
+    """The fused backends' epilogue on their ``kernels`` = (forward → (out, the tensors the backward reads: h, the
+    GroupNorm parameters, scale and the per-group mean/rstd), backward(grad_out, *those, num_groups) → (∂h,
+    ∂gn_weight, ∂gn_bias, ∂scale, ∂shift)); ∂residual is the incoming gradient itself."""
 
-
-class FilmEpilogueTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps):
-        bsz, c, t = h.shape
-        cg = _groups_split(c, num_groups)
-        out = torch.empty((bsz, c, t), device=h.device, dtype=h.dtype)
-        mean = torch.empty(bsz * num_groups, device=h.device, dtype=torch.float32)
-        rstd = torch.empty_like(mean)
-        film = scale is not None
-        _film_fwd_kernel[(bsz * num_groups,)](
-            h, gn_weight, gn_bias, scale if film else h, shift if film else h,
-            residual if residual is not None else h, out, mean, rstd, c, t, num_groups, cg, *h.stride(),
-            *_strides(scale, 2), *_strides(shift, 2), *_strides(residual, 3), float(eps),
-            HAS_FILM=film, HAS_RES=residual is not None, BLOCK_C=triton.next_power_of_2(cg),
-            BLOCK_T=triton.next_power_of_2(t))
-        ctx.save_for_backward(h, gn_weight, gn_bias, scale, mean, rstd)
-        ctx.num_groups, ctx.has_res = num_groups, residual is not None
+    def forward(ctx, h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps, kernels):
+        out, saved = kernels[0](h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps)
+        ctx.save_for_backward(*saved)
+        ctx.num_groups, ctx.has_res, ctx.backward_kernel = num_groups, residual is not None, kernels[1]
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        h, gn_weight, gn_bias, scale, mean, rstd = ctx.saved_tensors
-        bsz, c, t = h.shape
-        film = scale is not None
-        f32 = dict(device=h.device, dtype=torch.float32)
-        dh = torch.empty((bsz, c, t), device=h.device, dtype=h.dtype)
-        dscale, dshift = (torch.empty((bsz, c), **f32) for _ in range(2)) if film else (None, None)
-        dw, db = (torch.empty((bsz, c), **f32) for _ in range(2))
-        _film_bwd_kernel[(bsz * ctx.num_groups,)](
-            grad_out, h, gn_weight, gn_bias, scale if film else h, mean, rstd, dh, dscale if film else dw,
-            dshift if film else db, dw, db, c, t, ctx.num_groups, c // ctx.num_groups, *grad_out.stride(),
-            *h.stride(), *_strides(scale, 2), HAS_FILM=film, BLOCK_C=triton.next_power_of_2(c // ctx.num_groups),
-            BLOCK_T=triton.next_power_of_2(t))
-        if film:
-            dscale, dshift = dscale.to(scale.dtype), dshift.to(scale.dtype)
-        return (dh, dw.sum(0).to(gn_weight.dtype), db.sum(0).to(gn_bias.dtype), None, dscale, dshift,
-                grad_out if ctx.has_res else None, None)
+        dh, dw, db, dscale, dshift = ctx.backward_kernel(grad_out, *ctx.saved_tensors, ctx.num_groups)
+        return dh, dw, db, None, dscale, dshift, grad_out if ctx.has_res else None, None, None
+
+
+def _strides(t: torch.Tensor | None, n: int):
+    return t.stride() if t is not None else (0,) * n
+
+
+def _film_forward_triton(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps):
+    bsz, c, t = h.shape
+    cg = _groups_split(c, num_groups)
+    out = torch.empty((bsz, c, t), device=h.device, dtype=h.dtype)
+    mean = torch.empty(bsz * num_groups, device=h.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    film = scale is not None
+    _film_fwd_kernel[(bsz * num_groups,)](
+        h, gn_weight, gn_bias, scale if film else h, shift if film else h,
+        residual if residual is not None else h, out, mean, rstd, c, t, num_groups, cg, *h.stride(),
+        *_strides(scale, 2), *_strides(shift, 2), *_strides(residual, 3), float(eps),
+        HAS_FILM=film, HAS_RES=residual is not None, BLOCK_C=triton.next_power_of_2(cg),
+        BLOCK_T=triton.next_power_of_2(t))
+    return out, (h, gn_weight, gn_bias, scale, mean, rstd)
+
+
+def _film_backward_triton(grad_out, h, gn_weight, gn_bias, scale, mean, rstd, num_groups):
+    bsz, c, t = h.shape
+    film = scale is not None
+    f32 = dict(device=h.device, dtype=torch.float32)
+    dh = torch.empty((bsz, c, t), device=h.device, dtype=h.dtype)
+    dscale, dshift = (torch.empty((bsz, c), **f32) for _ in range(2)) if film else (None, None)
+    dw, db = (torch.empty((bsz, c), **f32) for _ in range(2))
+    _film_bwd_kernel[(bsz * num_groups,)](
+        grad_out, h, gn_weight, gn_bias, scale if film else h, mean, rstd, dh, dscale if film else dw,
+        dshift if film else db, dw, db, c, t, num_groups, c // num_groups, *grad_out.stride(),
+        *h.stride(), *_strides(scale, 2), HAS_FILM=film, BLOCK_C=triton.next_power_of_2(c // num_groups),
+        BLOCK_T=triton.next_power_of_2(t))
+    if film:
+        dscale, dshift = dscale.to(scale.dtype), dshift.to(scale.dtype)
+    return dh, dw.sum(0).to(gn_weight.dtype), db.sum(0).to(gn_bias.dtype), dscale, dshift
 
 
 @register("film_epilogue", "triton")
 def film_epilogue_triton(h, gn_weight, gn_bias, num_groups, scale=None, shift=None, residual=None, eps=1e-5):
-    return FilmEpilogueTriton.apply(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps)
+    return FilmEpilogue.apply(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps,
+                              (_film_forward_triton, _film_backward_triton))
 
 
-def _film_forward_cpp(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps, save_stats):
-    """(out, what the backward reads: (h, gn_weight, gn_bias, scale, mean, rstd) as passed to the kernel, scale's
-    row stride); mean/rstd are None unless ``save_stats``."""
+def _film_forward_cpp(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps, save_stats=True):
+    """mean/rstd are None unless ``save_stats``."""
     bsz, c, t = h.shape
     _groups_split(c, num_groups)
     h, gn_weight, gn_bias = h.contiguous(), gn_weight.contiguous(), gn_bias.contiguous()
@@ -198,35 +201,22 @@ def _film_forward_cpp(h, gn_weight, gn_bias, num_groups, scale, shift, residual,
         0 if residual is None else _cpp.ptr(residual, "residual"), out.data_ptr(),
         0 if mean is None else mean.data_ptr(), 0 if rstd is None else rstd.data_ptr(), bsz, c, t, num_groups,
         float(eps))
-    return out, (h, gn_weight, gn_bias, scale, mean, rstd), s_scale
+    return out, (h, gn_weight, gn_bias, scale, mean, rstd)
 
 
-class FilmEpilogueCpp(torch.autograd.Function):
-    """CPU kernels; saves only h, the parameters and the per-group mean/rstd, like the Triton version."""
-
-    @staticmethod
-    def forward(ctx, h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps):
-        out, saved, s_scale = _film_forward_cpp(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps,
-                                                save_stats=True)
-        ctx.save_for_backward(*saved)
-        ctx.num_groups, ctx.s_scale, ctx.has_res = num_groups, s_scale, residual is not None
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        h, gn_weight, gn_bias, scale, mean, rstd = ctx.saved_tensors
-        bsz, c, t = h.shape
-        go = grad_out.to(torch.float32).contiguous()
-        dh = torch.empty((bsz, c, t), dtype=torch.float32)
-        dscale, dshift = (torch.empty((bsz, c), dtype=torch.float32) for _ in range(2)) if scale is not None \
-            else (None, None)
-        dw, db = (torch.empty(c, dtype=torch.float32) for _ in range(2))
-        _cpp.ext().film_epilogue_backward(
-            go.data_ptr(), h.data_ptr(), gn_weight.data_ptr(), gn_bias.data_ptr(),
-            0 if scale is None else scale.data_ptr(), ctx.s_scale, mean.data_ptr(), rstd.data_ptr(), dh.data_ptr(),
-            0 if scale is None else dscale.data_ptr(), 0 if scale is None else dshift.data_ptr(), dw.data_ptr(),
-            db.data_ptr(), bsz, c, t, ctx.num_groups)
-        return dh, dw, db, None, dscale, dshift, grad_out if ctx.has_res else None, None
+def _film_backward_cpp(grad_out, h, gn_weight, gn_bias, scale, mean, rstd, num_groups):
+    bsz, c, t = h.shape
+    go = grad_out.to(torch.float32).contiguous()
+    dh = torch.empty((bsz, c, t), dtype=torch.float32)
+    dscale, dshift = (torch.empty((bsz, c), dtype=torch.float32) for _ in range(2)) if scale is not None \
+        else (None, None)
+    dw, db = (torch.empty(c, dtype=torch.float32) for _ in range(2))
+    _cpp.ext().film_epilogue_backward(
+        go.data_ptr(), h.data_ptr(), gn_weight.data_ptr(), gn_bias.data_ptr(),
+        0 if scale is None else scale.data_ptr(), 0 if scale is None else scale.stride(0), mean.data_ptr(),
+        rstd.data_ptr(), dh.data_ptr(), 0 if scale is None else dscale.data_ptr(),
+        0 if scale is None else dshift.data_ptr(), dw.data_ptr(), db.data_ptr(), bsz, c, t, num_groups)
+    return dh, dw, db, dscale, dshift
 
 
 @register("film_epilogue", "cpp")
@@ -237,57 +227,52 @@ def film_epilogue_cpp(h, gn_weight, gn_bias, num_groups, scale=None, shift=None,
     if not _cpp.runs(*tensors):
         return film_epilogue_torch(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps)
     if _cpp.needs_grad(*tensors):
-        return FilmEpilogueCpp.apply(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps)
+        return FilmEpilogue.apply(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps,
+                                  (_film_forward_cpp, _film_backward_cpp))
     return _film_forward_cpp(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps, save_stats=False)[0]
 
 
-class FilmEpilogueCUDA(torch.autograd.Function):
-    """CUDA kernels: h and residual fp32 or bf16, the per-channel inputs and every reduction in fp32."""
+def _film_forward_cuda(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps):
+    """h and residual fp32 or bf16; the per-channel inputs and every reduction fp32."""
+    bsz, c, t = h.shape
+    _groups_split(c, num_groups)
+    code = _cuda.dtype_code(h, "film_epilogue")
+    h = h.contiguous()
+    w, b, scale, shift = (None if x is None else x.detach().to(torch.float32).contiguous()
+                          for x in (gn_weight, gn_bias, scale, shift))
+    residual = residual.to(h.dtype).contiguous() if residual is not None else None
+    out = torch.empty((bsz, c, t), device=h.device, dtype=h.dtype)
+    mean = torch.empty(bsz * num_groups, device=h.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    _cuda.ext().film_epilogue_forward(
+        _cuda.check(h, "h"), _cuda.check(w, "gn_weight"), _cuda.check(b, "gn_bias"),
+        0 if scale is None else _cuda.check(scale, "scale"), 0 if shift is None else _cuda.check(shift, "shift"),
+        0 if residual is None else _cuda.check(residual, "residual"), _cuda.check(out, "out"),
+        _cuda.check(mean, "mean"), _cuda.check(rstd, "rstd"), bsz, c, t, num_groups, float(eps), code,
+        _cuda.stream())
+    return out, (h, w, b, scale, mean, rstd)
 
-    @staticmethod
-    def forward(ctx, h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps):
-        bsz, c, t = h.shape
-        _groups_split(c, num_groups)
-        if h.dtype not in _cuda.DTYPE_CODES:
-            raise RuntimeError(f"film_epilogue: the cuda backend supports {list(_cuda.DTYPE_CODES)}, got {h.dtype}")
-        h = h.contiguous()
-        w, b, scale, shift = (None if x is None else x.detach().to(torch.float32).contiguous()
-                              for x in (gn_weight, gn_bias, scale, shift))
-        residual = residual.to(h.dtype).contiguous() if residual is not None else None
-        out = torch.empty((bsz, c, t), device=h.device, dtype=h.dtype)
-        mean = torch.empty(bsz * num_groups, device=h.device, dtype=torch.float32)
-        rstd = torch.empty_like(mean)
-        _cuda.ext().film_epilogue_forward(
-            _cuda.check(h, "h"), _cuda.check(w, "gn_weight"), _cuda.check(b, "gn_bias"),
-            0 if scale is None else _cuda.check(scale, "scale"), 0 if shift is None else _cuda.check(shift, "shift"),
-            0 if residual is None else _cuda.check(residual, "residual"), _cuda.check(out, "out"),
-            _cuda.check(mean, "mean"), _cuda.check(rstd, "rstd"), bsz, c, t, num_groups, float(eps),
-            _cuda.DTYPE_CODES[h.dtype], _cuda.stream())
-        ctx.save_for_backward(h, w, b, scale, mean, rstd)
-        ctx.num_groups, ctx.has_res = num_groups, residual is not None
-        return out
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        h, w, b, scale, mean, rstd = ctx.saved_tensors
-        bsz, c, t = h.shape
-        f32 = dict(device=h.device, dtype=torch.float32)
-        go = grad_out.to(h.dtype).contiguous()
-        dh = torch.empty_like(h)
-        dscale, dshift = (torch.empty((bsz, c), **f32) for _ in range(2)) if scale is not None else (None, None)
-        dw, db = (torch.empty((bsz, c), **f32) for _ in range(2))
-        _cuda.ext().film_epilogue_backward(
-            _cuda.check(go, "grad_out"), _cuda.check(h, "h"), _cuda.check(w, "gn_weight"), _cuda.check(b, "gn_bias"),
-            0 if scale is None else _cuda.check(scale, "scale"), _cuda.check(mean, "mean"),
-            _cuda.check(rstd, "rstd"), _cuda.check(dh, "dh"), 0 if scale is None else _cuda.check(dscale, "dscale"),
-            0 if scale is None else _cuda.check(dshift, "dshift"), _cuda.check(dw, "dw"), _cuda.check(db, "db"),
-            bsz, c, t, ctx.num_groups, _cuda.DTYPE_CODES[h.dtype], _cuda.stream())
-        return dh, dw.sum(0), db.sum(0), None, dscale, dshift, grad_out if ctx.has_res else None, None
+def _film_backward_cuda(grad_out, h, w, b, scale, mean, rstd, num_groups):
+    bsz, c, t = h.shape
+    f32 = dict(device=h.device, dtype=torch.float32)
+    go = grad_out.to(h.dtype).contiguous()
+    dh = torch.empty_like(h)
+    dscale, dshift = (torch.empty((bsz, c), **f32) for _ in range(2)) if scale is not None else (None, None)
+    dw, db = (torch.empty((bsz, c), **f32) for _ in range(2))
+    _cuda.ext().film_epilogue_backward(
+        _cuda.check(go, "grad_out"), _cuda.check(h, "h"), _cuda.check(w, "gn_weight"), _cuda.check(b, "gn_bias"),
+        0 if scale is None else _cuda.check(scale, "scale"), _cuda.check(mean, "mean"),
+        _cuda.check(rstd, "rstd"), _cuda.check(dh, "dh"), 0 if scale is None else _cuda.check(dscale, "dscale"),
+        0 if scale is None else _cuda.check(dshift, "dshift"), _cuda.check(dw, "dw"), _cuda.check(db, "db"),
+        bsz, c, t, num_groups, _cuda.dtype_code(h, "film_epilogue"), _cuda.stream())
+    return dh, dw.sum(0), db.sum(0), dscale, dshift
 
 
 @register("film_epilogue", "cuda")
 def film_epilogue_cuda(h, gn_weight, gn_bias, num_groups, scale=None, shift=None, residual=None, eps=1e-5):
-    return FilmEpilogueCUDA.apply(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps)
+    return FilmEpilogue.apply(h, gn_weight, gn_bias, num_groups, scale, shift, residual, eps,
+                              (_film_forward_cuda, _film_backward_cuda))
 
 
 def film_epilogue(h, gn_weight, gn_bias, num_groups, scale=None, shift=None, residual=None, eps=1e-5, backend=None):

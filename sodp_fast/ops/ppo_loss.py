@@ -1,6 +1,5 @@
-"""Batched PPO ratio/clip loss over (chain × denoising-step) rows (paper Eq. 12), reference + Triton.
-
-Each row is one denoising transition of one chain; its advantage is the chunk reward of its chain broadcast to
+"""Batched PPO ratio/clip loss over (chain × denoising-step) rows (paper Eq. 12): PyTorch reference and fused
+backends. Each row is one denoising transition of one chain, its advantage the chain's chunk reward broadcast to
 every step. In the PPO convention (minimise):
 
     ρ        = exp(new − old)
@@ -8,34 +7,24 @@ every step. In the PPO convention (minimise):
     clip_frac = mean_rows [|ρ − 1| > ε]                 (logging: share of rows whose ratio is clipped)
     approx_kl = mean_rows (ρ − 1) − log ρ               (logging: the k3 estimator, ≥ 0 row by row)
 
-∂loss/∂new = −A·ρ/N where the unclipped term is the max, and 0 where the clipped term is strictly larger
-(A > 0 and ρ > 1 + ε, or A < 0 and ρ < 1 − ε). Only ``new_logp`` gets a gradient; old log-probs and advantages
-are data. The two logging outputs are detached.
+∂loss/∂new = −A·ρ/N, and 0 where the clipped term is strictly larger (A > 0 and ρ > 1 + ε, or A < 0 and
+ρ < 1 − ε). Only ``new_logp`` gets a gradient; the two logging outputs are detached.
 
-Why fused: eager PyTorch spends ~15 launches on [N]-sized vectors here (N = 2560 for 256 chains × 10 steps),
-so the update step is launch-bound; the Triton forward is one pass that writes per-program partial sums (then one
-tiny sum), the backward one pass that recomputes ρ and writes the gradient.
+Why fused: eager PyTorch spends ~15 launches on [N]-sized vectors here (N = 2560 for 256 chains × 10 steps), so
+the update step is launch-bound; the Triton forward is one pass writing per-program partial sums (then one tiny
+sum), the backward one pass that recomputes ρ. The compiled backends (cuda, cpp) share their per-row math
+(``csrc/kernel_math.h``), which forms ρ − 1 as expm1(new − old): at PPO's small log-ratios ρ − 1 keeps float32
+relative accuracy and the k3 term ≈ log²ρ/2 is 1/|log ρ| times more accurate than with exp(·) − 1.
 
-Backends: "torch" (reference), "triton", "cuda" (``cuda_backend.py``) and "cpp" (CPU). The compiled ones (cuda,
-cpp) share their per-row math (``csrc/kernel_math.h``), which forms ρ − 1 as expm1(new − old): at the small
-log-ratios PPO lives at, ρ − 1 keeps float32 relative accuracy and the k3 term ≈ log²ρ/2 is 1/|log ρ| times more
-accurate than with exp(·) − 1.
-
-Tolerances (relative to a float64 reference, ‖out − ref‖/‖ref‖): float32 inputs ≲ 1e-5 for the loss, the two
-logging scalars and the gradient; bf16 inputs ≲ 1e-2. All backends accumulate in float32 or better.
+Tolerances against a float64 reference (‖out − ref‖/‖ref‖), all backends accumulating in float32 or better:
+float32 inputs ≲ 1e-5 for the loss, the two logging scalars and the gradient; bf16 inputs ≲ 1e-2.
 """
 from __future__ import annotations
 
 import torch
 
-from sodp_fast.ops import _cpp
-from sodp_fast.ops.dispatch import get, register
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the reference still works; dispatch reports triton as absent
-    triton = tl = None
+from sodp_fast.ops import _cpp, _cuda
+from sodp_fast.ops.dispatch import get, register, tl, triton
 
 
 @register("ppo_loss", "torch")
@@ -47,6 +36,24 @@ def ppo_loss_torch(new_logp, old_logp, advantages, clip_eps):
         clip_frac = ((ratio - 1).abs() > clip_eps).to(ratio.dtype).mean()
         approx_kl = ((ratio - 1) - log_ratio).mean()
     return loss, clip_frac, approx_kl
+
+
+class PPOClipLoss(torch.autograd.Function):
+    """The fused backends' loss on their ``launch(new, old, adv, clip_eps, grad_loss=None)``: the float32 means
+    (loss, clip_frac, approx_kl) [3], or ∂loss/∂new given ∂L/∂loss."""
+
+    @staticmethod
+    def forward(ctx, new_logp, old_logp, advantages, clip_eps, launch):
+        ctx.clip_eps, ctx.launch = float(clip_eps), launch
+        out = launch(new_logp, old_logp, advantages, ctx.clip_eps)
+        ctx.save_for_backward(new_logp, old_logp, advantages)
+        loss, clip_frac, approx_kl = out.to(new_logp.dtype).unbind()
+        ctx.mark_non_differentiable(clip_frac, approx_kl)
+        return loss, clip_frac, approx_kl
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_clip, _grad_kl):
+        return ctx.launch(*ctx.saved_tensors, ctx.clip_eps, grad_loss), None, None, None, None
 
 
 if triton is not None:
@@ -95,61 +102,36 @@ _BLOCK = 1024
 _MAX_PROGRAMS = 128  # partial sums to add after the forward; ITERS grows instead beyond 128 · BLOCK rows
 
 
-class PPOClipLossTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, new_logp, old_logp, advantages, clip_eps):
-        n = new_logp.shape[0]
-        blocks = triton.cdiv(n, _BLOCK)
-        iters = triton.cdiv(blocks, _MAX_PROGRAMS)
-        programs = triton.cdiv(blocks, iters)
-        part = torch.empty(programs, 3, device=new_logp.device, dtype=torch.float32)
-        _ppo_fwd_kernel[(programs,)](new_logp, old_logp, advantages, part, n, new_logp.stride(0),
-                                     old_logp.stride(0), advantages.stride(0), float(clip_eps),
-                                     BLOCK=_BLOCK, ITERS=iters)
-        loss, clip_frac, approx_kl = (part.sum(0) / n).unbind()
-        ctx.save_for_backward(new_logp, old_logp, advantages)
-        ctx.clip_eps = float(clip_eps)
-        ctx.mark_non_differentiable(clip_frac, approx_kl)
-        dtype = new_logp.dtype
-        return loss.to(dtype), clip_frac.to(dtype), approx_kl.to(dtype)
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_clip, _grad_kl):
-        new_logp, old_logp, advantages = ctx.saved_tensors
-        n = new_logp.shape[0]
+def _ppo_triton(new_logp, old_logp, advantages, clip_eps, grad_loss=None):
+    n = new_logp.shape[0]
+    strides = (new_logp.stride(0), old_logp.stride(0), advantages.stride(0))
+    if grad_loss is not None:
         grad_new = torch.empty(n, device=new_logp.device, dtype=new_logp.dtype)
-        _ppo_bwd_kernel[(triton.cdiv(n, _BLOCK),)](new_logp, old_logp, advantages, grad_loss, grad_new, n,
-                                                   new_logp.stride(0), old_logp.stride(0), advantages.stride(0),
-                                                   ctx.clip_eps, 1.0 / n, BLOCK=_BLOCK)
-        return grad_new, None, None, None
+        _ppo_bwd_kernel[(triton.cdiv(n, _BLOCK),)](new_logp, old_logp, advantages, grad_loss, grad_new, n, *strides,
+                                                   clip_eps, 1.0 / n, BLOCK=_BLOCK)
+        return grad_new
+    blocks = triton.cdiv(n, _BLOCK)
+    iters = triton.cdiv(blocks, _MAX_PROGRAMS)
+    programs = triton.cdiv(blocks, iters)
+    part = torch.empty(programs, 3, device=new_logp.device, dtype=torch.float32)
+    _ppo_fwd_kernel[(programs,)](new_logp, old_logp, advantages, part, n, *strides, clip_eps, BLOCK=_BLOCK, ITERS=iters)
+    return part.sum(0) / n
 
 
 @register("ppo_loss", "triton")
 def ppo_loss_triton(new_logp, old_logp, advantages, clip_eps):
-    return PPOClipLossTriton.apply(new_logp, old_logp, advantages, clip_eps)
+    return PPOClipLoss.apply(new_logp, old_logp, advantages, clip_eps, _ppo_triton)
 
 
-class PPOClipLossCpp(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, new_logp, old_logp, advantages, clip_eps):
-        new_logp, old_logp, advantages = (t.contiguous() for t in (new_logp, old_logp, advantages))
-        out = torch.empty(3, dtype=torch.float32)
-        _cpp.ext().ppo_loss_forward(_cpp.ptr(new_logp, "new_logp"), _cpp.ptr(old_logp, "old_logp"),
-                                    _cpp.ptr(advantages, "advantages"), new_logp.shape[0], clip_eps, out.data_ptr())
-        ctx.save_for_backward(new_logp, old_logp, advantages)
-        ctx.clip_eps = clip_eps
-        loss, clip_frac, approx_kl = out.unbind()
-        ctx.mark_non_differentiable(clip_frac, approx_kl)
-        return loss, clip_frac, approx_kl
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_clip, _grad_kl):
-        new_logp, old_logp, advantages = ctx.saved_tensors
-        n = new_logp.shape[0]
-        grad_new = torch.empty(n, dtype=torch.float32)
-        _cpp.ext().ppo_loss_backward(new_logp.data_ptr(), old_logp.data_ptr(), advantages.data_ptr(),
-                                     float(grad_loss), n, ctx.clip_eps, grad_new.data_ptr())
-        return grad_new, None, None, None
+def _ppo_cpp(new_logp, old_logp, advantages, clip_eps, grad_loss=None):
+    n = new_logp.shape[0]
+    ptrs = (_cpp.ptr(new_logp, "new_logp"), _cpp.ptr(old_logp, "old_logp"), _cpp.ptr(advantages, "advantages"))
+    out = torch.empty(3 if grad_loss is None else n, dtype=torch.float32)
+    if grad_loss is None:
+        _cpp.ext().ppo_loss_forward(*ptrs, n, clip_eps, out.data_ptr())
+    else:
+        _cpp.ext().ppo_loss_backward(*ptrs, float(grad_loss), n, clip_eps, out.data_ptr())
+    return out
 
 
 @register("ppo_loss", "cpp")
@@ -157,7 +139,33 @@ def ppo_loss_cpp(new_logp, old_logp, advantages, clip_eps):
     """CPU kernels (float32; other dtypes run the reference): each chunk of rows summed in double."""
     if not _cpp.runs(new_logp):
         return ppo_loss_torch(new_logp, old_logp, advantages, clip_eps)
-    return PPOClipLossCpp.apply(new_logp, old_logp.to(new_logp.dtype), advantages.to(new_logp.dtype), clip_eps)
+    return PPOClipLoss.apply(new_logp.contiguous(), old_logp.to(new_logp.dtype).contiguous(),
+                             advantages.to(new_logp.dtype).contiguous(), clip_eps, _ppo_cpp)
+
+
+def _ppo_cuda(new_logp, old_logp, advantages, clip_eps, grad_loss=None):
+    n, code, ext = new_logp.shape[0], _cuda.dtype_code(new_logp, "ppo_loss"), _cuda.ext()
+    ptrs = (_cuda.check(new_logp, "new_logp"), _cuda.check(old_logp, "old_logp", new_logp.dtype),
+            _cuda.check(advantages, "advantages", new_logp.dtype))
+    if grad_loss is not None:
+        grad_loss = grad_loss.to(torch.float32).reshape(1).contiguous()
+        grad_new = torch.empty_like(new_logp)
+        ext.ppo_loss_backward(*ptrs, _cuda.check(grad_loss, "grad_loss"), n, clip_eps,
+                              _cuda.check(grad_new, "grad_new"), code, _cuda.stream())
+        return grad_new
+    workspace = torch.empty(ext.ppo_workspace_floats(), device=new_logp.device, dtype=torch.float32)
+    out = torch.empty(3, device=new_logp.device, dtype=torch.float32)
+    ext.ppo_loss_forward(*ptrs, n, clip_eps, _cuda.check(workspace, "workspace"), _cuda.check(out, "out"), code,
+                         _cuda.stream())
+    return out
+
+
+@register("ppo_loss", "cuda")
+def ppo_loss_cuda(new_logp, old_logp, advantages, clip_eps):
+    """fp32 or bf16; old log-probs and advantages are cast to new_logp's dtype."""
+    dtype = new_logp.dtype
+    return PPOClipLoss.apply(new_logp.contiguous(), old_logp.to(dtype).contiguous(),
+                             advantages.to(dtype).contiguous(), clip_eps, _ppo_cuda)
 
 
 def ppo_clip_loss(new_logp, old_logp, advantages, clip_eps, backend=None):
