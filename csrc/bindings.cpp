@@ -1,7 +1,7 @@
 // pybind11 module sodp_fast._cuda_ext. It sees raw device pointers and the caller's stream only, never torch
 // types, so the build needs no torch headers and the module works with any CUDA build of torch. Shapes, dtypes
-// and contiguity are checked by the Python wrappers (sodp_fast/ops/cuda_backend.py); C++ exceptions (CUDA
-// errors, no device, bad dtype code) become Python RuntimeError / ValueError.
+// and contiguity are checked by the Python launchers (sodp_fast/ops/ddim_step.py, ppo_loss.py, film_epilogue.py);
+// C++ exceptions (CUDA errors, no device, bad dtype code) become Python RuntimeError / ValueError.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -36,7 +36,7 @@ void film_epilogue_backward(std::uintptr_t go, std::uintptr_t h, std::uintptr_t 
 namespace py = pybind11;
 
 PYBIND11_MODULE(_cuda_ext, m) {
-  m.doc() = "sodp_fast fused CUDA kernels (raw pointers + stream; see sodp_fast/ops/cuda_backend.py)";
+  m.doc() = "sodp_fast fused CUDA kernels (raw pointers + stream; launchers in sodp_fast/ops/)";
   m.def("ddim_step", &sodp::ddim_step, "fused DDIM step + Gaussian log-prob (noise=0: deterministic)",
         py::arg("x"), py::arg("eps"), py::arg("noise"), py::arg("coef"), py::arg("coef_stride"), py::arg("x_prev"),
         py::arg("logp"), py::arg("n_rows"), py::arg("d"), py::arg("clip"), py::arg("dtype"), py::arg("stream"));

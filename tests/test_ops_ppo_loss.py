@@ -18,6 +18,16 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+def scalar_err(o, r, new, old, adv) -> dict:
+    """Errors of (loss, clip_frac, approx_kl) against the float64 reference, relative to the size of the per-row
+    terms each mean sums (|ratio·adv| for the loss, |ratio − 1| for the KL estimate), not to the mean itself: with
+    a few rows the terms can cancel to near 0, and float32 inputs then bound only the absolute error."""
+    ratio = (new.detach().double().cpu() - old.double().cpu()).exp()
+    scale = {"loss": (ratio * adv.double().cpu()).abs().mean(), "clip_frac": 0.0, "approx_kl": (ratio - 1).abs().mean()}
+    return {k: ((a.double().cpu() - b.double().cpu()).abs() / max(b.abs().item(), float(scale[k]), 1e-30)).item()
+            for k, a, b in zip(scale, o, r)}
+
+
 def draw(n, device, dtype, seed, spread=0.3):
     """new (stride 2), old (contiguous), adv (stride 3): the kernels must honour strides."""
     g = torch.Generator().manual_seed(seed)
@@ -38,9 +48,9 @@ def check_against_reference(n, device, dtype, tol):
     ref[0].backward()
     out = ppo_clip_loss(new, old, adv, 0.2, backend="triton")
     out[0].backward()
-    for name, o, r in zip(("loss", "clip_frac", "approx_kl"), out, ref):
-        assert torch.isfinite(o), f"{name} not finite (seed {seed})"
-        assert rel(o, r) < tol, f"{name}: {rel(o, r):.2e} (seed {seed})"
+    assert all(torch.isfinite(o) for o in out), f"not finite (seed {seed})"
+    for name, err in scalar_err(out, ref, new, old, adv).items():
+        assert err < tol, f"{name}: {err:.2e} (seed {seed})"
     if n >= 100:
         assert 0 < ref[1] < 1, f"test draws should clip some rows, not all (seed {seed})"
     assert rel(new.grad, ref_new.grad) < tol, f"grad: {rel(new.grad, ref_new.grad):.2e} (seed {seed})"
