@@ -182,7 +182,7 @@ def test_kill_and_resume_is_bit_identical(toy_ckpt, tmp_path):
     finetune(toy_cfg(tmp_path / "straight", toy_ckpt, env_steps=total, ckpt_every=1), make_env=make_toy_env)
     out = tmp_path / "killed"
     child = _CHILD.format(threads=torch.get_num_threads(), tests=str(TESTS), out=str(out), ckpt=toy_ckpt)
-    proc = subprocess.Popen([sys.executable, "-c", child])
+    proc = subprocess.Popen([sys.executable, "-P", "-c", child])  # -P: the installed package, not ./sodp_fast
     try:
         deadline = time.time() + 120
         while _iteration(out / STATE_FILE) < 3:

@@ -324,6 +324,7 @@ def test_sampler_and_chain_log_prob_cpp_match_float64(monkeypatch):
 def test_dispatch_registers_and_reports_cpp():
     for op in ("ddim_step", "ddim_logprob", "ppo_loss", "film_epilogue"):
         assert dispatch.resolve(op, "cpp", torch.device("cpu")) == "cpp"
+        assert dispatch.resolve(op, "auto", torch.device("cpu")) == "cpp"  # the measured winner on CPU
         with pytest.raises(RuntimeError, match="cpu tensors only"):
             dispatch.resolve(op, "cpp", torch.device("cuda"))
     assert dispatch.describe_backends()["cpp"].startswith("extension built")

@@ -18,6 +18,8 @@ from pathlib import Path
 from sodp_fast.options import add_flags, from_args, to_argv
 from sodp_fast.train.finetune import FinetuneConfig
 
+SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []  # Python 3.10 has no -P
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("finetune", help="fine-tune a pre-trained planner on task rewards (SODP)",
@@ -67,7 +69,9 @@ def run_many(args: argparse.Namespace, cfg: FinetuneConfig, tasks: list[str]) ->
 
         def child(slot: int, task: str) -> int:  # one task's process; its output in RUN/<task>.log
             env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(slot % gpus)} if gpus else {})}
-            cmd = [sys.executable, "-m", "sodp_fast.cli", "finetune", *argv, "--task", task, "--out", root.path / task]
+            # -P: the child imports the package this process runs, not a ./sodp_fast source tree (no extension)
+            cmd = [sys.executable, *SAFE_PATH, "-m", "sodp_fast.cli", "finetune", *argv, "--task", task,
+                   "--out", root.path / task]
             log = root.path / f"{task}.log"
             with open(log, "w") as out:
                 code = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode

