@@ -58,7 +58,12 @@ class Preset(Options):
     finetune_eval_episodes: int = opt(help="episodes per learning-curve point", low=1)
     eval_episodes: int = opt(help="before/after evaluation episodes per task and seed (paper: 50)", low=1)
     seeds: tuple[int, ...] = opt(help="fine-tuning (and paired evaluation) seeds, comma list (paper: 3)")
-    ablation_task: str | None = opt(help="fine-tuned a second time with --reg none (paper §5.4); none: no ablation")
+    ablation_tasks: tuple[str, ...] = opt(help="tasks also fine-tuned with each ablation variant (paper Fig. 5); "
+                                          "none: no ablation")
+    ablation: tuple[str, ...] = opt(("none",), "ablation variants: none, kl, pl (other regularisers than bc), "
+                                    "scratch (SODP_scratch: fresh weights after the init rollouts)")
+    unseen_tasks: tuple[str, ...] = opt((), "tasks left out of the pre-training data, fine-tuned with bc and from "
+                                        "scratch (paper Table 3); none: no such study")
     max_episode_steps: int = opt(500, "episode length", low=1)
     data_workers: int = opt(2, "processes generating data (0: in-process)", low=0)
     env_workers: int | None = opt(None, "env processes in fine-tuning/eval (none: one per core, 0: in-process)", low=0)
@@ -73,28 +78,46 @@ class Preset(Options):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen: normalise in place)
         set_("tasks", tuple(resolve_tasks(list(self.tasks))))
         set_("seeds", tuple(int(s) for s in self.seeds))
-        if self.ablation_task is not None:
-            set_("ablation_task", resolve_tasks(self.ablation_task)[0])
-            if self.ablation_task not in self.tasks:
-                raise ReproError(f"ablation task {self.ablation_task} is not among the tasks "
-                                 f"({', '.join(self.tasks)}); pick one of them or 'none'")
+        for key in ("ablation_tasks", "unseen_tasks"):
+            names = getattr(self, key)
+            set_(key, () if [n.lower() for n in names] in ([], ["none"]) else tuple(resolve_tasks(list(names))))
+        if not set(self.ablation_tasks) <= set(self.tasks):
+            raise ReproError(f"ablation tasks {', '.join(sorted(set(self.ablation_tasks) - set(self.tasks)))} are not "
+                             f"among the tasks ({', '.join(self.tasks)}); pick some of them or 'none'")
+        if set(self.unseen_tasks) & set(self.tasks):
+            raise ReproError(f"unseen tasks {', '.join(sorted(set(self.unseen_tasks) & set(self.tasks)))} are also "
+                             "pre-training tasks; an unseen task must be left out of the data")
+        if bad := [v for v in self.ablation if v not in VARIANTS or v == "bc"]:
+            raise ReproError(f"unknown ablation variant(s) {', '.join(bad)}; choose from none, kl, pl, scratch")
         if not self.seeds:
             raise ReproError("need at least one seed")
         check_device(self.device)
 
     def finetune_runs(self) -> list[tuple[str, str, int]]:
-        """(task, regulariser, seed) of every fine-tuning run: SODP (bc) on each task, then the ablation."""
-        runs = [(t, "bc", s) for t in self.tasks for s in self.seeds]
-        if self.ablation_task:
-            runs += [(self.ablation_task, "none", s) for s in self.seeds]
-        return runs
+        """(task, variant, seed) of every fine-tuning run, seed by seed, so that an interrupted study has complete
+        tables for its first seeds: SODP (bc) on every task, the ablation variants, then scratch on unseen tasks."""
+        return [run for s in self.seeds for run in (
+            [(t, "bc", s) for t in self.tasks + self.unseen_tasks]
+            + [(t, v, s) for t in self.ablation_tasks for v in self.ablation]
+            + [(t, "scratch", s) for t in self.unseen_tasks])]
+
+    def variants(self, task: str) -> tuple[str, ...]:
+        """The variants fine-tuned on ``task``, SODP (bc) first."""
+        if task in self.unseen_tasks:
+            return ("bc", "scratch")
+        return ("bc", *self.ablation) if task in self.ablation_tasks else ("bc",)
+
+
+# What each variant of a fine-tuning run sets in FinetuneConfig (paper §5.4 regularisers, §5.5 SODP_scratch).
+VARIANTS: dict[str, dict] = {"bc": {"reg": "bc"}, "none": {"reg": "none"}, "kl": {"reg": "kl"}, "pl": {"reg": "pl"},
+                             "scratch": {"reg": "bc", "from_scratch": True}}
 
 
 QUICKSTART = Preset(
     name="quickstart", tasks=("reach-v3",), transitions_per_task=20_000, unet="tiny", pretrain_steps=2_000,
     pretrain_batch=128, pretrain_lr=1e-3, finetune_env_steps=10_000, finetune_num_envs=10,
     finetune_grad_steps=10, finetune_n_init=10, finetune_lr=2e-6, finetune_eval_every=5_000,
-    finetune_eval_episodes=10, eval_episodes=10, seeds=(0,), ablation_task=None, data_workers=1, smoke=True,
+    finetune_eval_episodes=10, eval_episodes=10, seeds=(0,), ablation_tasks=(), data_workers=1, smoke=True,
     budget="""\
 Set-up check of the whole pipeline on one task, ≈ 3.5 min on 2 CPU cores: it shows the installation works;
 one fine-tuning update is not expected to change the success rate. Measured on a 2-core CPU shared with other
@@ -106,42 +129,33 @@ jobs (load ≈ 3.5):
             evaluated before and after (10 episodes each)                             38 s
   total 3.4 min wall, plus ≈ 10 s of imports.""")
 
-CPU_SMALL = Preset(
-    name="cpu-small", tasks=("button-press-v3", "sweep-into-v3", "push-v3"), transitions_per_task=50_000,
-    unet="tiny", pretrain_steps=8_000, pretrain_batch=256, pretrain_lr=1e-3, finetune_env_steps=150_000,
-    finetune_num_envs=10, finetune_grad_steps=30, finetune_n_init=10, finetune_lr=2e-6,
-    finetune_eval_every=15_000, finetune_eval_episodes=10, eval_episodes=50, seeds=(0,),
-    ablation_task="sweep-into-v3",
+CPU_MT10 = Preset(
+    name="cpu-mt10", tasks=("paper-mt10",), transitions_per_task=50_000, unet="tiny", pretrain_steps=10_000,
+    pretrain_batch=256, pretrain_lr=1e-3, finetune_env_steps=40_000, finetune_num_envs=10, finetune_grad_steps=30,
+    finetune_n_init=10, finetune_lr=2e-6, finetune_eval_every=10_000, finetune_eval_episodes=10, eval_episodes=50,
+    seeds=(0, 1, 2), ablation_tasks=("button-press-v3", "sweep-into-v3", "window-open-v3"),
+    ablation=("none", "kl", "pl", "scratch"), unseen_tasks=("drawer-open-v3", "plate-slide-side-v3",
+                                                            "handle-pull-side-v3"),
     budget="""\
-≈ 50 min on 2 CPU cores: three paper-MT10 tasks, one per difficulty class, and the BC-vs-none ablation.
-Tasks: button-press (easy), sweep-into (medium), push (hard) in Seo et al.'s difficulty
-classes; all three are in the paper's Table 6 (after fine-tuning 88.0, 60.7, 33.3 %). Their data run from
-random to near-expert (generator calibration: button-press success by quintile 0/0/.2/.6/1; the hard schedule
-anneals linearly to the expert), so a planner imitating the mixture solves them partly and leaves room for +20
-points. Calibration: a tiny U-Net pre-trained for 6 k steps × batch 128 on 20 k transitions per task of these
-three tasks (data success 35 / 55 / 28 %) solved 20 / 15 / 5 % of 20 episodes. Left out: drawer-close (the
-paper reaches 100 %: little headroom), pick-place and basketball (they need a grasp, which a tiny U-Net is
-unlikely to learn from 50 k transitions). Ablation on the medium task.
-Rates measured on this 2-core CPU under load ≈ 3.5 from other jobs (tiny U-Net):
-  data      3 × 50 k transitions (100 episodes each), 2 processes at ≈ 2 k steps/s        ≈ 1 min
-  pretrain  8 k steps × batch 256 (≈ 14 epochs of 150 k windows) at ≈ 0.12 s/step
-            (2 × the 0.065 s measured at batch 128; 0.045 s on the quiet machine)       ≈ 16 min
-  eval      50 episodes (5 rounds of 10 envs, ≈ 50 s) × (3 before + 4 after)               ≈ 6 min
-  finetune  4 runs (3 tasks bc + sweep-into none) × 150 k env steps (paper Table 2: 100 k) =
-            1 init + 29 update iterations of 10 envs × 500 steps; measured 10 s per iteration
-            (126 sampler calls + 30 gradient steps of PPO + BC at batch 256), 11 curve
-            evaluations × 7 s → ≈ 6.3 min per run                                           ≈ 25 min
-  total ≈ 48 min under that load (a quiet machine is ≈ 1.5–2× faster).
-Learning rates: pre-training 1e-3 (10× the paper's: 60× fewer steps, and the tiny U-Net's tests train at
-1e-3); fine-tuning 2e-6, not the paper's 1e-5, which collapsed good tiny planners. The cpu-small results in
-the README predate that change and used lr 1e-5 with the chunk-reward signal. Check the 'eval-pretrained'
-stage (≈ 20 min in): a task at 0 % or ≥ 80 % before fine-tuning cannot show +20 points; swap it with --tasks in a fresh --out.""")
+≈ 4.5 h on 2 CPU cores (estimate; measured stage times are in results.json): the paper's ten Table-6 tasks,
+one multi-task pre-training, then per task and seed: SODP (bc) on all ten (Table 6), the regulariser ablation
+(none, kl, pl, scratch) on button-press (easy), sweep-into (medium) and window-open (easy) (Fig. 5), and bc vs
+scratch on three tasks left out of the data: drawer-open, plate-slide-side, handle-pull-side (Table 3). 3 seeds;
+runs go seed by seed, so an interrupted study has complete tables for its first seeds. Resumable stage by stage.
+  data      10 × 50 k transitions (100 episodes per task), 2 processes                    ≈ 5 min
+  pretrain  tiny U-Net (236 k params), 10 k steps × batch 256 at ≈ 0.05 s/step           ≈ 9 min
+  eval      50 episodes ≈ 35 s; 13 tasks × 3 seeds before, 84 runs after                  ≈ 72 min
+  finetune  84 runs (30 bc, 36 ablation, 18 unseen) × 40 k env steps = 1 init + 7 update iterations of
+            10 envs × 30 grad steps, plus 5 curve points × 10 episodes: ≈ 2 min per run      ≈ 170 min
+Budgets are cut ≈ 25× from the paper's 1 M env steps per task to fit; fine-tuning lr 2e-6, not the paper's 1e-5,
+which collapsed good tiny planners (profiles/2026-12-02-cpu-2core-finetune-collapse/). Pre-training lr 1e-3
+(10× the paper's: 50× fewer steps).""")
 
 PAPER_MT10 = Preset(
     name="paper-mt10", tasks=("paper-mt10",), transitions_per_task=100_000, unet="default", pretrain_steps=20_000,
     pretrain_batch=256, pretrain_lr=1e-4, finetune_env_steps=100_000, finetune_num_envs=10,
     finetune_grad_steps=30, finetune_n_init=10, finetune_lr=1e-5, finetune_eval_every=20_000,
-    finetune_eval_episodes=20, eval_episodes=50, seeds=(0,), ablation_task="basketball-v3", data_workers=16,
+    finetune_eval_episodes=20, eval_episodes=50, seeds=(0,), ablation_tasks=("basketball-v3",), data_workers=16,
     budget="""\
 GPU design (one H100/H200, 16 cores): the paper's ten Table-6 tasks, default U-Net (66 M params), paper
 hyper-parameters (batch 256, lr 1e-4 / 1e-5, K = 100, DDIM 10, λ = 1, N_init 10, p_step 30, 50 evaluation
@@ -157,7 +171,7 @@ pre-training checkpoints every 2 000 steps, fine-tuning every curve point):
 session and rescale. Paper: 3 seeds (--seeds 0,1,2 triples fine-tuning); ablation on basketball, a task of
 the paper's Figure 5. Needs Meta-World installed on the GPU machine (pip install metaworld==3.1.1).""")
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (QUICKSTART, CPU_SMALL, PAPER_MT10)}
+PRESETS: dict[str, Preset] = {p.name: p for p in (QUICKSTART, CPU_MT10, PAPER_MT10)}
 
 
 def get_preset(name: str, **overrides) -> Preset:
@@ -204,14 +218,15 @@ class Pipeline:
                   self.data / MANIFEST),
             Stage("pretrain", f"{p.unet} U-Net, {p.pretrain_steps:,} steps × batch {p.pretrain_batch}, "
                   f"lr {p.pretrain_lr:g}", self._pretrain, self.pretrain_dir / pt.STATE_FILE),
-            Stage("eval-pretrained", f"{len(p.tasks)} tasks × {len(p.seeds)} seeds × {p.eval_episodes} episodes",
-                  partial(self._evaluate, self.pretrain_dir / pt.MODEL_FILE, list(p.tasks), p.seeds, "pretrained")),
+            Stage("eval-pretrained", f"{len(p.tasks + p.unseen_tasks)} tasks × {len(p.seeds)} seeds × "
+                  f"{p.eval_episodes} episodes", partial(self._evaluate, self.pretrain_dir / pt.MODEL_FILE,
+                                                         list(p.tasks + p.unseen_tasks), p.seeds, "pretrained")),
         ]
-        for task, reg, seed in p.finetune_runs():
-            label = run_label(task, reg, seed)
+        for task, variant, seed in p.finetune_runs():
+            label = run_label(task, variant, seed)
             out.append(Stage(f"finetune/{label}", f"{p.finetune_env_steps:,} env steps, {p.finetune_num_envs} "
-                             f"envs, {p.finetune_grad_steps} grad steps/iteration, lr {p.finetune_lr:g}, reg {reg}",
-                             partial(self._finetune, task, reg, seed), self.finetune_dir / label / ft.STATE_FILE))
+                             f"envs, {p.finetune_grad_steps} grad steps/iteration, lr {p.finetune_lr:g}, {variant}",
+                             partial(self._finetune, task, variant, seed), self.finetune_dir / label / ft.STATE_FILE))
             out.append(Stage(f"eval/{label}", f"{p.eval_episodes} episodes, seed {seed}", partial(
                 self._evaluate, self.finetune_dir / label / ft.MODEL_FILE, [task], (seed,), label)))
         out.append(Stage("report", "results.json, results.md, curves.png", self._report))
@@ -257,16 +272,16 @@ class Pipeline:
         write_json(self.eval_dir / f"{name}.json", res)
         return {t: round(r["success_mean"], 3) for t, r in res["tasks"].items()}
 
-    def _finetune(self, task: str, reg: str, seed: int) -> dict:
+    def _finetune(self, task: str, variant: str, seed: int) -> dict:
         from sodp_fast.train.finetune import STATE_FILE, FinetuneConfig, finetune
         from sodp_fast.train.pretrain import MODEL_FILE
 
-        p, run = self.p, self.finetune_dir / run_label(task, reg, seed)
+        p, run = self.p, self.finetune_dir / run_label(task, variant, seed)
         cfg = FinetuneConfig(out=str(run), task=task, ckpt=str(self.pretrain_dir / MODEL_FILE),
                              env_steps=p.finetune_env_steps, num_envs=p.finetune_num_envs,
                              env_groups=min(2, p.finetune_num_envs), num_workers=p.env_workers,
                              max_episode_steps=p.max_episode_steps, n_init=p.finetune_n_init,
-                             grad_steps=p.finetune_grad_steps, lr=p.finetune_lr, reg=reg,
+                             grad_steps=p.finetune_grad_steps, lr=p.finetune_lr, **VARIANTS[variant],
                              eval_every=p.finetune_eval_every, eval_episodes=p.finetune_eval_episodes,
                              ckpt_every=p.finetune_eval_every, seed=seed, device=p.device, progress=self.progress)
         summary = finetune(cfg, resume=(run / STATE_FILE).exists())
@@ -277,47 +292,73 @@ class Pipeline:
         write_json(self.out / "results.json", results)
         write_text(self.out / "results.md", results_markdown(results))
         plot_curves(self, results, self.out / "curves.png")
-        if self.p.smoke:
-            return {"smoke_test": True, "tasks": len(results["tasks"])}
-        return {"goal_met": sum(r["goal_met"] for r in results["tasks"]), "tasks": len(results["tasks"])}
+        if results["ablation"] or results["unseen"]:
+            plot_ablation(results, self.out / "ablation.png")
+        sm = results["summary"]
+        return {"before": sm["before_mean"], "after": sm["after_mean"], "goal_met": sm["goal_met"]}
 
 
 # -- report -------------------------------------------------------------------------------------------------
-GOAL_POINTS = 20.0  # the reproduction's goal: fine-tuning adds at least this many success points per task
+GOAL_RATIO = 2.0  # the study's goal: mean fine-tuned success ≥ this × mean pre-trained success over the tasks
 
 
-def _over_seeds(evals: list[dict], task: str) -> dict:
-    """Success mean ± std over seeds and return mean ± std over all episodes (as ``evaluate_tasks`` does)."""
-    rates = np.array([e["tasks"][task]["success_mean"] for e in evals])
-    rets = np.concatenate([r["returns"] for e in evals for r in e["tasks"][task]["runs"]])
-    return {"success_mean": float(rates.mean()), "success_std": float(rates.std()),
-            "return_mean": float(rets.mean()), "return_std": float(rets.std())}
+def _std(x) -> float:
+    """Spread over seeds: sample std (ddof 1); 0 for one seed, where no spread is known."""
+    return float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+
+
+def compare(a, b) -> dict:
+    """a − b in points, paired by seed (a seed fixes the evaluation goals and the init rollouts): mean ± std over
+    seeds, and whether the gain exceeds the seed-to-seed spread (mean > std; unknown with one seed)."""
+    d = 100 * (np.asarray(a, dtype=float) - np.asarray(b, dtype=float))
+    return {"mean": float(d.mean()), "std": _std(d),
+            "beyond_spread": bool(d.mean() > _std(d)) if len(d) > 1 else None}
 
 
 def collect_results(pipe: Pipeline) -> dict:
     from sodp_fast.data.format import MANIFEST
 
     p = pipe.p
-    before = json.loads((pipe.eval_dir / "pretrained.json").read_text())
     data = json.loads((pipe.data / MANIFEST).read_text())["tasks"]
+    before_eval = json.loads((pipe.eval_dir / "pretrained.json").read_text())
 
-    def after(task: str, reg: str) -> dict:
-        return _over_seeds([json.loads((pipe.eval_dir / f"{run_label(task, reg, s)}.json").read_text())
-                            for s in p.seeds], task)
+    def rates(ev: dict, task: str, seed: int) -> float:
+        [r] = [r for r in ev["tasks"][task]["runs"] if r["seed"] == seed]
+        return r["success_rate"]
 
-    def row(task: str, reg: str) -> dict:
-        b, a = _over_seeds([before], task), after(task, reg)
-        delta = 100 * (a["success_mean"] - b["success_mean"])
-        return {"task": task, "difficulty": DIFFICULTY[task], "regularizer": reg,
-                "data_success": data[task]["success_rate"], "before": b, "after": a, "delta_points": delta,
-                "goal_met": None if p.smoke else delta >= GOAL_POINTS}
+    def side(evals: list[dict], task: str) -> dict:
+        succ = [rates(e, task, s) for e, s in zip(evals, p.seeds)]
+        rets = np.concatenate([r["returns"] for e in evals for r in e["tasks"][task]["runs"]
+                               if r["seed"] in p.seeds])
+        return {"per_seed": succ, "success_mean": float(np.mean(succ)), "success_std": _std(succ),
+                "return_mean": float(rets.mean()), "return_std": float(rets.std())}
+
+    def row(task: str, variant: str) -> dict:
+        after = [json.loads((pipe.eval_dir / f"{run_label(task, variant, s)}.json").read_text()) for s in p.seeds]
+        b, a = side([before_eval] * len(p.seeds), task), side(after, task)
+        return {"task": task, "difficulty": DIFFICULTY[task], "variant": variant,
+                "data_success": data[task]["success_rate"] if task in data else None, "before": b, "after": a,
+                "delta": compare(a["per_seed"], b["per_seed"])}
+
+    main = [row(t, "bc") for t in p.tasks]
+    per_seed = lambda key: np.mean([r[key]["per_seed"] for r in main], axis=0)  # noqa: E731 (task mean per seed)
+    before, after = per_seed("before"), per_seed("after")
+    ratio = float(after.mean() / before.mean()) if before.mean() > 0 else None
+    summary = {"before_mean": float(before.mean()), "before_std": _std(before), "after_mean": float(after.mean()),
+               "after_std": _std(after), "delta": compare(after, before), "ratio": ratio,
+               "goal_met": None if p.smoke else ratio is not None and ratio >= GOAL_RATIO}
+
+    def study(task: str) -> dict:
+        rows = [row(task, v) for v in p.variants(task)]
+        for r in rows[1:]:
+            r["bc_minus"] = compare(rows[0]["after"]["per_seed"], r["after"]["per_seed"])
+        return {"task": task, "rows": rows}
 
     seconds = {s.name: json.loads(pipe.marker(s.name).read_text())["seconds"] for s in pipe.stages()
                if pipe.marker(s.name).exists()}
-    ablation = ({"task": p.ablation_task, "rows": [row(p.ablation_task, r) for r in ("bc", "none")]}
-                if p.ablation_task else None)
-    return {"preset": p.to_dict(), "goal_points": None if p.smoke else GOAL_POINTS,
-            "tasks": [row(t, "bc") for t in p.tasks], "ablation": ablation,
+    return {"preset": p.to_dict(), "goal_ratio": None if p.smoke else GOAL_RATIO, "tasks": main,
+            "summary": summary, "ablation": [study(t) for t in p.ablation_tasks],
+            "unseen": [study(t) for t in p.unseen_tasks],
             "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1)}
 
 
@@ -325,53 +366,62 @@ def _pct(r: dict, seeds: int) -> str:
     return f"{100 * r['success_mean']:.1f}" + (f" ± {100 * r['success_std']:.1f}" if seeds > 1 else "")
 
 
+def _pts(c: dict, seeds: int) -> str:
+    return f"{c['mean']:+.1f}" + (f" ± {c['std']:.1f}" if seeds > 1 else "")
+
+
+def _beyond(c: dict) -> str:
+    return {True: "yes", False: "no", None: "n/a (1 seed)"}[c["beyond_spread"]]
+
+
 def results_markdown(res: dict) -> str:
     p, n = res["preset"], len(res["preset"]["seeds"])
     smoke = ["**Set-up check (smoke test), not a result.** This preset runs every stage once at toy scale to "
              "show that the installation works end to end; its before/after numbers come from a few episodes "
              "and one or two updates and say nothing about SODP. For results run `sodp repro --preset "
-             "cpu-small` (CPU) or `--preset paper-mt10` (GPU).", ""] if p.get("smoke") else []
+             "cpu-mt10` (CPU) or `--preset paper-mt10` (GPU).", ""] if p.get("smoke") else []
+    spread = (f"mean ± std over seeds {p['seeds']} (sample std); 'beyond spread': the mean paired gain "
+              "exceeds its std over seeds") if n > 1 else f"one seed ({p['seeds'][0]}): no spread is known"
     lines = [f"# SODP {'set-up check' if smoke else 'reproduction'}: preset {p['name']}", "", *smoke,
-             f"Success rate (%) over {p['eval_episodes']} episodes per task and seed (seeds {p['seeds']}"
-             f"{', ± std over seeds' if n > 1 else ''}); before = the pre-trained planner, after = fine-tuned "
-             f"for {p['finetune_env_steps']:,} env steps with SODP's BC regulariser. Both are evaluated on the same "
-             "goals and initial states (deterministic DDIM). Return = mean episode return; data = the share of "
-             "successful episodes in the pre-training data.", "",
-             "| Task | Difficulty | Data | Success before | Success after | Δ (points) | Return before "
-             "| Return after |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"Success rate (%) over {p['eval_episodes']} episodes per task and seed; {spread}. Before = the "
+             f"pre-trained planner, after = fine-tuned for {p['finetune_env_steps']:,} env steps with SODP's BC "
+             "regulariser; both on the same goals and initial states per seed (deterministic DDIM). Return = mean "
+             "episode return; data = the share of successful episodes in the pre-training data.", "",
+             "| Task | Difficulty | Data | Success before | Success after | Δ (points) | Beyond spread "
+             "| Return before | Return after |", "|---|---|---|---|---|---|---|---|---|"]
     for r in res["tasks"]:
-        lines.append(f"| {r['task']} | {r['difficulty']} | {100 * r['data_success']:.0f} | {_pct(r['before'], n)} | "
-                     f"{_pct(r['after'], n)} | {r['delta_points']:+.1f} | {r['before']['return_mean']:.0f} | "
-                     f"{r['after']['return_mean']:.0f} |")
-    mean = lambda key, side: np.mean([r[side][key] for r in res["tasks"]])  # noqa: E731
-    lines.append(f"| **Average** | | | {100 * mean('success_mean', 'before'):.1f} | "
-                 f"{100 * mean('success_mean', 'after'):.1f} | "
-                 f"{np.mean([r['delta_points'] for r in res['tasks']]):+.1f} | {mean('return_mean', 'before'):.0f} | "
-                 f"{mean('return_mean', 'after'):.0f} |")
-    met = [r["task"] for r in res["tasks"] if r["goal_met"]]
-    missed = [f"{r['task']} ({r['delta_points']:+.1f})" for r in res["tasks"] if r["goal_met"] is False]
-    if res["goal_points"] is not None:
-        lines += ["", f"Goal (+{res['goal_points']:.0f} points per task): met on {len(met)} of {len(res['tasks'])} "
-                  f"tasks{': ' + ', '.join(met) if met else ''}"
-                  + (f"; NOT met: {', '.join(missed)}." if missed else ".")]
+        lines.append(f"| {r['task']} | {r['difficulty']} | {100 * r['data_success']:.0f} | {_pct(r['before'], n)} "
+                     f"| {_pct(r['after'], n)} | {_pts(r['delta'], n)} | {_beyond(r['delta'])} "
+                     f"| {r['before']['return_mean']:.0f} | {r['after']['return_mean']:.0f} |")
+    sm = res["summary"]
+    pm = lambda k: f"{100 * sm[k + '_mean']:.1f}" + (f" ± {100 * sm[k + '_std']:.1f}" if n > 1 else "")  # noqa
+    lines.append(f"| **Average** | | | {pm('before')} | {pm('after')} | {_pts(sm['delta'], n)} | "
+                 f"{_beyond(sm['delta'])} | | |")
+    if res["goal_ratio"] is not None:
+        ratio = "undefined (pre-trained mean 0)" if sm["ratio"] is None else f"{sm['ratio']:.2f}×"
+        lines += ["", f"Goal (mean after ≥ {res['goal_ratio']:g} × mean before): after/before = {ratio}: "
+                  f"{'met' if sm['goal_met'] else 'NOT met'}."]
     else:
         lines += ["", "Set-up check passed: every stage ran and wrote its files (no goal applies to a smoke test)."]
-    if res["ablation"]:
-        lines += ["", f"## Regulariser ablation (paper §5.4): {res['ablation']['task']}", "",
-                  "| Regulariser | Success before | Success after | Δ (points) | Return after |",
-                  "|---|---|---|---|---|"]
-        for r in res["ablation"]["rows"]:
-            name = "bc (SODP)" if r["regularizer"] == "bc" else r["regularizer"]
-            lines.append(f"| {name} | {_pct(r['before'], n)} | {_pct(r['after'], n)} | {r['delta_points']:+.1f} | "
-                         f"{r['after']['return_mean']:.0f} |")
+    titles = {"ablation": "Regulariser ablation (paper Fig. 5)", "unseen": "Unseen tasks (paper Table 3): not in "
+              "the pre-training data"}
+    for key, title in titles.items():
+        for st in res[key]:
+            lines += ["", f"## {title}: {st['task']}", "",
+                      "| Variant | Success before | Success after | Δ (points) | bc − variant (points) | bc ahead "
+                      "beyond spread |", "|---|---|---|---|---|---|"]
+            for r in st["rows"]:
+                vs = r.get("bc_minus")
+                name = "bc (SODP)" if r["variant"] == "bc" else r["variant"]
+                lines.append(f"| {name} | {_pct(r['before'], n)} | {_pct(r['after'], n)} | {_pts(r['delta'], n)} | "
+                             f"{_pts(vs, n) if vs else ''} | {_beyond(vs) if vs else ''} |")
     times = ", ".join(f"{k} {v:.0f} s" for k, v in res["stage_seconds"].items())
     lines += ["", f"Stage wall times: {times}; total {res['total_seconds'] / 60:.1f} min (see machine.txt).", ""]
     return "\n".join(lines)
 
 
 def plot_curves(pipe: Pipeline, res: dict, out: Path) -> None:
-    """Success vs env steps: one panel per task (SODP), and BC vs none on the ablation task."""
+    """Evaluation success vs env steps, one panel per task, one line per variant: mean over seeds, band ± std."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -380,25 +430,65 @@ def plot_curves(pipe: Pipeline, res: dict, out: Path) -> None:
     from sodp_fast.logging import read_metrics, save_figure
 
     p = pipe.p
-    panels = [(t, ("bc",)) for t in p.tasks] + ([(p.ablation_task, ("bc", "none"))] if p.ablation_task else [])
-    before = {r["task"]: r["before"]["success_mean"] for r in res["tasks"]}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
-    for ax, (task, regs) in zip(axes[0], panels):
-        for i, (reg, seed) in enumerate((r, s) for r in regs for s in p.seeds):
-            recs = read_metrics(pipe.finetune_dir / run_label(task, reg, seed))
-            label = f"{reg}" + (f" s{seed}" if len(p.seeds) > 1 else "")
-            for key, style in (("eval_success_rate", "-o"), ("train_success_rate", "--x")):
-                pts = [(r["step"], r[key]) for r in recs if key in r]
-                if pts:
-                    ax.plot(*zip(*pts), style, color=f"C{i}", markersize=3, alpha=1.0 if style == "-o" else 0.4,
-                            label=label if style == "-o" else None)
+    tasks = list(p.tasks + p.unseen_tasks)
+    before = {r["task"]: r["before"]["success_mean"] for st in [{"rows": res["tasks"]}, *res["unseen"]]
+              for r in st["rows"]}
+    cols = min(5, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        for i, variant in enumerate(p.variants(task)):
+            curves = [dict((r["step"], r["eval_success_rate"]) for r in
+                           read_metrics(pipe.finetune_dir / run_label(task, variant, s)) if "eval_success_rate" in r)
+                      for s in p.seeds]
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            y = np.array([[c[x] for x in steps] for c in curves])
+            ax.plot(steps, y.mean(0), "-o", color=f"C{i}", markersize=3, label=variant)
+            if len(curves) > 1:
+                ax.fill_between(steps, y.mean(0) - y.std(0, ddof=1), y.mean(0) + y.std(0, ddof=1), color=f"C{i}",
+                                alpha=0.2)
         ax.axhline(before[task], color="grey", linestyle=":", label="pre-trained")
-        ax.set_title(f"{task} ({DIFFICULTY[task]})" + (": BC vs none" if len(regs) > 1 else ""), fontsize=10)
+        unseen = " unseen" if task in p.unseen_tasks else ""
+        ax.set_title(f"{task} ({DIFFICULTY[task]}{unseen})", fontsize=9)
         ax.set(xlabel="env steps", ylabel="success rate", ylim=(-0.03, 1.03))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("solid: evaluation (deterministic DDIM); dashed: training rollouts; dotted: pre-trained planner",
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    fig.suptitle(f"evaluation success (deterministic DDIM, {p.finetune_eval_episodes} episodes per point): mean over "
+                 f"{len(p.seeds)} seed(s), band ± std; dotted: pre-trained planner ({p.eval_episodes} episodes)",
                  fontsize=9)
+    save_figure(fig, out)
+
+
+def plot_ablation(res: dict, out: Path) -> None:
+    """Bars of final success per ablation task and variant (mean over seeds, error bar ± std), like paper Fig. 5."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sodp_fast.logging import save_figure
+
+    studies = res["ablation"] + res["unseen"]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.9 * len(studies), 3.4))
+    variants = list(dict.fromkeys(r["variant"] for st in studies for r in st["rows"]))
+    width = 0.8 / (len(variants) + 1)
+    for j, v in enumerate(["pre-trained", *variants]):
+        xs, ys, es = [], [], []
+        for i, st in enumerate(studies):
+            r = next((r for r in st["rows"] if r["variant"] == v), None) if v != "pre-trained" else st["rows"][0]
+            if r is not None:
+                side = r["before" if v == "pre-trained" else "after"]
+                xs.append(i + (j - len(variants) / 2) * width)
+                ys.append(100 * side["success_mean"])
+                es.append(100 * side["success_std"])
+        ax.bar(xs, ys, width, yerr=es, capsize=2, label=v, color="lightgrey" if j == 0 else f"C{j - 1}")
+    ax.set_xticks(range(len(studies)), [st["task"].removesuffix("-v3") + ("\n(unseen)" if st in res["unseen"] else "")
+                                        for st in studies], fontsize=8)
+    ax.set(ylabel="success rate (%)", ylim=(0, 100))
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"final success, mean ± std over {len(res['preset']['seeds'])} seed(s)", fontsize=9)
     save_figure(fig, out)
 
 
@@ -433,7 +523,8 @@ def describe(pipe: Pipeline) -> str:
     stages = pipe.stages()
     lines = [f"preset {pipe.p.name} → {pipe.out}", "", pipe.p.budget, "",
              f"tasks: {', '.join(f'{t} ({DIFFICULTY[t]})' for t in pipe.p.tasks)}; seeds {list(pipe.p.seeds)}; "
-             f"ablation: {pipe.p.ablation_task or 'none'}; device {pipe.p.device}", "", "stages:"]
+             f"ablation: {', '.join(pipe.p.ablation_tasks) or 'none'} ({', '.join(pipe.p.ablation)}); unseen: "
+             f"{', '.join(pipe.p.unseen_tasks) or 'none'}; device {pipe.p.device}", "", "stages:"]
     width = max(len(s.name) for s in stages)
     for i, s in enumerate(stages, 1):
         lines.append(f"  {i:>2}/{len(stages)} {s.name:<{width}}  {status(pipe, s):<8} {s.plan}")

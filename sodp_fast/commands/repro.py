@@ -1,4 +1,4 @@
-"""``sodp repro --preset cpu-small``: data → pre-train → eval → fine-tune → eval → tables, plots; resumable.
+"""``sodp repro --preset cpu-mt10``: data → pre-train → eval → fine-tune → eval → tables, plots; resumable.
 
 Every field of a preset (``sodp_fast/repro.py``) is a flag, so a preset is a starting point, not a cage:
 ``sodp repro --preset quickstart --tasks push --eval-episodes 20`` (tuples take comma lists, optional values
@@ -17,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("repro", help="reproduce the paper's learning results end to end (resumable)",
                               description=__doc__.replace("``", ""),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="cpu-small", choices=list(PRESETS), help="starting point (default cpu-small)")
+    p.add_argument("--preset", default="cpu-mt10", choices=list(PRESETS), help="starting point (default cpu-mt10)")
     p.add_argument("--out", default=None, help="output folder (default runs/repro-PRESET); rerun to resume")
     p.add_argument("--dry-run", action="store_true", help="print the stage plan and budgets; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
