@@ -46,7 +46,8 @@ def load_tensors(path, device: str | torch.device = "cpu") -> tuple[dict[str, to
     if not str(header.get("version", "")).isdigit():
         raise CheckpointError(f"{path}: corrupt checkpoint header (version {header.get('version')!r})")
     if int(header["version"]) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint format v{header['version']} is newer than this sodp_fast (v{VERSION})")
+        raise CheckpointError(f"{path}: checkpoint format v{header['version']} is newer than this sodp_fast "
+                              f"(v{VERSION})")
     try:
         meta = json.loads(header["meta"])
     except (KeyError, json.JSONDecodeError) as e:

@@ -203,13 +203,13 @@ def test_vector_env_with_a_negative_worker_count_is_one_error(capsys):
 
 
 # -- subprocesses: exit codes, tracebacks, hangs, children -------------------------------------------------------
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def _env():  # children run with -P, like the suite: they import the installed package, not ./sodp_fast
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _sodp(*argv, timeout=60, **kw):
-    return subprocess.run([sys.executable, "-m", "sodp_fast.cli", *map(str, argv)], capture_output=True, text=True,
-                          timeout=timeout, env=_env(), **kw)
+    return subprocess.run([sys.executable, "-P", "-m", "sodp_fast.cli", *map(str, argv)], capture_output=True,
+                          text=True, timeout=timeout, env=_env(), **kw)
 
 
 def _one_error(proc, expect: str) -> None:
@@ -265,7 +265,8 @@ def test_many_task_finetuning_shows_each_childs_error_line(w, tmp_path):
 # -- the run layer: one owner per folder, no stale temporaries, workers die with their parent ------------------
 def test_a_second_process_on_a_run_folder_is_refused(w, tmp_path, capsys):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom sodp_fast.train.run import RunFolder\n"
+    holder = subprocess.Popen([sys.executable, "-P", "-c",
+                               "import sys, time\nfrom sodp_fast.train.run import RunFolder\n"
                                f"f = RunFolder({str(out)!r}).open()\nprint('ready', flush=True)\ntime.sleep(120)"],
                               stdout=subprocess.PIPE, text=True, env=_env())
     try:
@@ -303,8 +304,8 @@ def test_a_kill_during_a_checkpoint_write_leaves_no_temporary_after_the_next_run
     out = tmp_path / "run"
     argv = ["pretrain", "--data", str(w["data"]), "--out", str(out), "--preset", "tiny", "--steps", "6",
             "--ckpt-every", "2", "--log-every", "2", "--batch-size", "8", "--eval-batch", "8", "--no-progress"]
-    child = subprocess.run([sys.executable, "-c", _KILLED_WHILE_WRITING.format(tests=str(REPO / "tests"), argv=argv)],
-                           env=_env(), capture_output=True, text=True, timeout=120)
+    code = _KILLED_WHILE_WRITING.format(tests=str(REPO / "tests"), argv=argv)
+    child = subprocess.run([sys.executable, "-P", "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
     assert child.returncode == -signal.SIGKILL, child.stderr
     [stale] = _no_temps(out)  # a full-size hidden temporary next to the state it was replacing
     assert stale.name.startswith(".train_state.safetensors.") and stale.stat().st_size > 0
@@ -341,7 +342,7 @@ def test_killing_data_generate_stops_its_workers(tmp_path):
     out = tmp_path / "ds"
     argv = ["data", "generate", "--tasks", "reach,push", "--transitions-per-task", "100000", "--workers", "2",
             "--out", out]
-    proc = subprocess.Popen([sys.executable, "-m", "sodp_fast.cli", *map(str, argv)], env=_env(),
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "sodp_fast.cli", *map(str, argv)], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline, workers = time.time() + 60, set()

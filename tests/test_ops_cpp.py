@@ -269,7 +269,7 @@ def test_results_do_not_depend_on_the_thread_count_or_alignment(offset):
     assert all(torch.equal(a, b) for a, b in zip(one, two))
 
 
-# ---- the stack: U-Net and sampler -------------------------------------------------------------------------------------
+# ---- the stack: U-Net and sampler ------------------------------------------------------------------------------------
 # Whole-network results carry the U-Net's own float32 rounding (and the chain's 1/√ᾱ amplification of it), which no
 # op backend changes: the cpp stack must be within twice the torch float32 stack's error of a float64 run.
 def stack_errors(monkeypatch, fn):

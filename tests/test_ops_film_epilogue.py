@@ -30,7 +30,8 @@ def make_inputs(b, c, t, film, res, dtype, device, seed):
     ss = torch.randn(b, 2 * c, generator=g, dtype=torch.float64).to(dtype).double() if film else None
     r = torch.randn(b, c, 2 * t, generator=g, dtype=torch.float64).to(dtype).double()[:, :, ::2] if res else None
     ref = [x.clone().requires_grad_() if x is not None else None for x in (h, weight, bias, ss, r)]
-    low = [x.to(device=device, dtype=dtype).requires_grad_() if x is not None else None for x in (h, weight, bias, ss, r)]
+    low = [x.to(device=device, dtype=dtype).requires_grad_() if x is not None else None
+           for x in (h, weight, bias, ss, r)]
     # re-create the non-contiguous layouts at dtype (``.to`` returns contiguous copies)
     low[0] = low[0].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
     if res:

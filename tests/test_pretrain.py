@@ -21,7 +21,6 @@ from sodp_fast.policy import DiffusionPlanner
 from sodp_fast.train.batches import WindowBatches
 from sodp_fast.train.pretrain import DivergedError, PretrainConfig, PretrainError, build_planner, pretrain
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = dict(preset="tiny", batch_size=16, lr=1e-3, progress=False, eval_batch=64)
 
 
@@ -66,13 +65,13 @@ def test_tiny_pretraining_lowers_the_loss_and_writes_the_run(data, tmp_path):
 
 
 def _cli(data, out, *extra):
-    return [sys.executable, "-m", "sodp_fast.cli", "pretrain", "--data", str(data), "--out", str(out),
+    return [sys.executable, "-P", "-m", "sodp_fast.cli", "pretrain", "--data", str(data), "--out", str(out),
             "--preset", "tiny", "--batch-size", "16", "--lr", "1e-3", "--eval-batch", "32", "--steps", "160",
             "--ckpt-every", "40", "--log-every", "20", "--no-progress", *extra]
 
 
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def _env():  # children run with -P, like the suite: they import the installed package, not ./sodp_fast
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def test_sigkill_and_resume_ends_bit_identical(data, tmp_path):

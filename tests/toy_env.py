@@ -2,8 +2,9 @@
 
 Every env observes a fixed random vector (its history repeats it) and earns −‖a − a*‖² per step, so the best
 policy plays a* everywhere; episodes last ``length`` steps. With ``delay`` = d, each chunk's reward is paid d
-chunks later (the rest at the episode's end), as a shaped reward pays for a move only once its effect shows. A "pre-trained" planner that imitates actions
-drawn from U[−1, 1] is broad and far from a*: fine-tuning should pull it in.
+chunks later (the rest at the episode's end), as a shaped reward pays for a move only once its effect shows. A
+"pre-trained" planner that imitates actions drawn from U[−1, 1] is broad and far from a*: fine-tuning should pull
+it in.
 """
 from __future__ import annotations
 
