@@ -137,17 +137,17 @@ CPU_MT10 = Preset(
     ablation=("none", "kl", "pl", "scratch"), unseen_tasks=("drawer-open-v3", "plate-slide-side-v3",
                                                             "handle-pull-side-v3"),
     budget="""\
-≈ 3.5 h on 2 CPU cores (estimate; measured stage times are in results.json): the paper's ten Table-6 tasks,
+≈ 3 h on 2 CPU cores (measured stage times are in results.json): the paper's ten Table-6 tasks,
 one multi-task pre-training, then per task and seed: SODP (bc) on all ten (Table 6), the regulariser ablation
 (none, kl, pl, scratch) on reach, sweep-into and window-open (Fig. 5; pre-trained 26 / 36 / 68 % in the
-calibration, so each has room to rise or fall), and bc vs
-scratch on three tasks left out of the data: drawer-open, plate-slide-side, handle-pull-side (Table 3). 3 seeds;
+calibration, so each has room to rise or fall), and bc vs scratch on three tasks left out of the data:
+drawer-open, plate-slide-side, handle-pull-side (Table 3). Pre-trained mean 33 % (the paper's: 32 %). 3 seeds;
 runs go seed by seed, so an interrupted study has complete tables for its first seeds. Resumable stage by stage.
   data      10 × 50 k transitions (100 episodes per task), 2 processes (measured)         ≈ 2 min
   pretrain  tiny U-Net (236 k params), 10 k steps × batch 256 at 0.031 s/step (measured)  ≈ 5 min
-  eval      50 episodes ≈ 18 s (measured); 13 tasks × 3 seeds before, 84 runs after        ≈ 37 min
+  eval      50 episodes 17-21 s (measured); 13 tasks × 3 seeds before, 84 runs after       ≈ 37 min
   finetune  84 runs (30 bc, 36 ablation, 18 unseen) × 40 k env steps = 1 init + 7 update iterations of
-            10 envs × 30 grad steps, plus 5 curve points × 10 episodes: ≈ 2 min per run      ≈ 170 min
+            10 envs × 30 grad steps, plus 5 curve points × 10 episodes: 74-94 s per run (measured) ≈ 2 h
 Budgets are cut ≈ 25× from the paper's 1 M env steps per task to fit; fine-tuning lr 2e-6, not the paper's 1e-5,
 which collapsed good tiny planners (profiles/2026-12-02-cpu-2core-finetune-collapse/). Pre-training lr 1e-3
 (10× the paper's: 50× fewer steps).""")
