@@ -16,7 +16,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Callable
 
@@ -323,17 +323,14 @@ def collect_results(pipe: Pipeline) -> dict:
     data = json.loads((pipe.data / MANIFEST).read_text())["tasks"]
     before_eval = json.loads((pipe.eval_dir / "pretrained.json").read_text())
 
-    def rates(ev: dict, task: str, seed: int) -> float:
-        [r] = [r for r in ev["tasks"][task]["runs"] if r["seed"] == seed]
-        return r["success_rate"]
-
     def side(evals: list[dict], task: str) -> dict:
-        succ = [rates(e, task, s) for e, s in zip(evals, p.seeds)]
-        rets = np.concatenate([r["returns"] for e in evals for r in e["tasks"][task]["runs"]
-                               if r["seed"] in p.seeds])
+        """Success per seed (the run of seed s in evals[s]) and returns over all those episodes."""
+        runs = [next(r for r in e["tasks"][task]["runs"] if r["seed"] == s) for e, s in zip(evals, p.seeds)]
+        succ, rets = [r["success_rate"] for r in runs], np.concatenate([r["returns"] for r in runs])
         return {"per_seed": succ, "success_mean": float(np.mean(succ)), "success_std": _std(succ),
                 "return_mean": float(rets.mean()), "return_std": float(rets.std())}
 
+    @cache  # bc rows of ablation and unseen tasks are also the main table's: read once
     def row(task: str, variant: str) -> dict:
         after = [json.loads((pipe.eval_dir / f"{run_label(task, variant, s)}.json").read_text()) for s in p.seeds]
         b, a = side([before_eval] * len(p.seeds), task), side(after, task)
