@@ -64,6 +64,7 @@ class Preset(Options):
                                     "scratch (SODP_scratch: fresh weights after the init rollouts)")
     unseen_tasks: tuple[str, ...] = opt((), "tasks left out of the pre-training data, fine-tuned with bc and from "
                                         "scratch (paper Table 3); none: no such study")
+    finetune_reg_weight: float = opt(1.0, "lambda: weight of every variant's regulariser (paper: 1)")
     max_episode_steps: int = opt(500, "episode length", low=1)
     data_workers: int = opt(2, "processes generating data (0: in-process)", low=0)
     env_workers: int | None = opt(None, "env processes in fine-tuning/eval (none: one per core, 0: in-process)", low=0)
@@ -132,8 +133,8 @@ jobs (load ≈ 3.5):
 CPU_MT10 = Preset(
     name="cpu-mt10", tasks=("paper-mt10",), transitions_per_task=50_000, unet="tiny", pretrain_steps=10_000,
     pretrain_batch=256, pretrain_lr=1e-3, finetune_env_steps=40_000, finetune_num_envs=10, finetune_grad_steps=30,
-    finetune_n_init=10, finetune_lr=2e-6, finetune_eval_every=10_000, finetune_eval_episodes=10, eval_episodes=50,
-    seeds=(0, 1, 2), ablation_tasks=("reach-v3", "sweep-into-v3", "window-open-v3"),
+    finetune_n_init=10, finetune_lr=1e-5, finetune_reg_weight=10.0, finetune_eval_every=10_000,
+    finetune_eval_episodes=10, eval_episodes=50, seeds=(0, 1, 2), ablation_tasks=("reach-v3", "sweep-into-v3", "window-open-v3"),
     ablation=("none", "kl", "pl", "scratch"), unseen_tasks=("drawer-open-v3", "plate-slide-side-v3",
                                                             "handle-pull-side-v3"),
     budget="""\
@@ -148,9 +149,10 @@ runs go seed by seed, so an interrupted study has complete tables for its first 
   eval      50 episodes 17-21 s (measured); 13 tasks × 3 seeds before, 84 runs after       ≈ 37 min
   finetune  84 runs (30 bc, 36 ablation, 18 unseen) × 40 k env steps = 1 init + 7 update iterations of
             10 envs × 30 grad steps, plus 5 curve points × 10 episodes: 74-94 s per run (measured) ≈ 2 h
-Budgets are cut ≈ 25× from the paper's 1 M env steps per task to fit; fine-tuning lr 2e-6, not the paper's 1e-5,
-which collapsed good tiny planners (profiles/2026-12-02-cpu-2core-finetune-collapse/). Pre-training lr 1e-3
-(10× the paper's: 50× fewer steps).""")
+Budgets are cut ≈ 25× from the paper's 1 M env steps per task to fit. Fine-tuning lr 1e-5 (the paper's) with
+λ = 10, not 1: at λ = 1 PPO's noise collapsed good tiny planners at lr 1e-5 and lr 2e-6 left them unchanged; λ was
+chosen on button-press-wall and reach-wall, tasks outside this study (profiles/2026-12-02-cpu-2core-finetune-lambda/).
+Pre-training lr 1e-3 (10× the paper's: 50× fewer steps).""")
 
 PAPER_MT10 = Preset(
     name="paper-mt10", tasks=("paper-mt10",), transitions_per_task=100_000, unet="default", pretrain_steps=20_000,
@@ -226,7 +228,8 @@ class Pipeline:
         for task, variant, seed in p.finetune_runs():
             label = run_label(task, variant, seed)
             out.append(Stage(f"finetune/{label}", f"{p.finetune_env_steps:,} env steps, {p.finetune_num_envs} "
-                             f"envs, {p.finetune_grad_steps} grad steps/iteration, lr {p.finetune_lr:g}, {variant}",
+                             f"envs, {p.finetune_grad_steps} grad steps/iteration, lr {p.finetune_lr:g}, λ "
+                             f"{p.finetune_reg_weight:g}, {variant}",
                              partial(self._finetune, task, variant, seed), self.finetune_dir / label / ft.STATE_FILE))
             out.append(Stage(f"eval/{label}", f"{p.eval_episodes} episodes, seed {seed}", partial(
                 self._evaluate, self.finetune_dir / label / ft.MODEL_FILE, [task], (seed,), label)))
@@ -282,7 +285,8 @@ class Pipeline:
                              env_steps=p.finetune_env_steps, num_envs=p.finetune_num_envs,
                              env_groups=min(2, p.finetune_num_envs), num_workers=p.env_workers,
                              max_episode_steps=p.max_episode_steps, n_init=p.finetune_n_init,
-                             grad_steps=p.finetune_grad_steps, lr=p.finetune_lr, **VARIANTS[variant],
+                             grad_steps=p.finetune_grad_steps, lr=p.finetune_lr,
+                             reg_weight=p.finetune_reg_weight, **VARIANTS[variant],
                              eval_every=p.finetune_eval_every, eval_episodes=p.finetune_eval_episodes,
                              ckpt_every=p.finetune_eval_every, seed=seed, device=p.device, progress=self.progress)
         summary = finetune(cfg, resume=(run / STATE_FILE).exists())

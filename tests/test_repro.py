@@ -15,7 +15,8 @@ from sodp_fast.repro import Pipeline, ReproError, get_preset
 # of run: SODP on reach, the ablation none and scratch on reach, bc and scratch on push (unseen: no data).
 MICRO = dict(tasks=("reach",), transitions_per_task=80, max_episode_steps=40, unet="tiny", pretrain_steps=20,
              pretrain_batch=16, finetune_env_steps=240, finetune_num_envs=2, finetune_grad_steps=2,
-             finetune_n_init=2, finetune_eval_every=80, finetune_eval_episodes=2, eval_episodes=2, seeds=(0,),
+             finetune_n_init=2, finetune_reg_weight=3.0, finetune_eval_every=80, finetune_eval_episodes=2,
+             eval_episodes=2, seeds=(0,),
              ablation_tasks=("reach",), ablation=("none", "scratch"), unseen_tasks=("push",), data_workers=0,
              env_workers=0, device="cpu",
              smoke=False)  # the full report, with its goal line (the quickstart itself is a smoke test)
@@ -79,6 +80,8 @@ def test_micro_preset_runs_end_to_end(finished):
     for label in ("reach-v3-bc-s0", "reach-v3-none-s0"):  # learning curves: before, then after each iteration
         recs = [json.loads(line) for line in (out / "finetune" / label / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in recs if "eval_success_rate" in r] == [0, 160, 240]  # init iteration: 80 steps
+        cfg = json.loads((out / "finetune" / label / "config.json").read_text())
+        assert cfg["reg_weight"] == 3.0 and cfg["lr"] == micro().finetune_lr  # the preset's λ and lr reach every run
 
 
 def test_a_smoke_preset_reports_a_set_up_check_not_a_result(finished):
@@ -135,12 +138,12 @@ def test_paper_mt10_dry_run_prints_the_plan(tmp_path, capsys):
 def test_cli_overrides_reach_the_preset(tmp_path, capsys):
     args = cli.build_parser().parse_args(["repro", "--preset", "cpu-mt10", "--tasks", "reach,push", "--seeds", "0,1",
                                           "--ablation-tasks", "none", "--unseen-tasks", "none", "--finetune-lr",
-                                          "3e-4"])
+                                          "3e-4", "--finetune-reg-weight", "5"])
     from sodp_fast.commands.repro import preset_from_args
 
     p = preset_from_args(args)
     assert p.tasks == ("reach-v3", "push-v3") and p.seeds == (0, 1) and p.ablation_tasks == p.unseen_tasks == ()
-    assert p.finetune_lr == 3e-4 and p.unet == "tiny" and len(p.finetune_runs()) == 4
+    assert p.finetune_lr == 3e-4 and p.finetune_reg_weight == 5 and p.unet == "tiny" and len(p.finetune_runs()) == 4
     with pytest.raises(ReproError, match="not among the tasks"):
         get_preset("cpu-mt10", tasks=("reach",))
     with pytest.raises(ReproError, match="must be left out of the data"):
