@@ -134,7 +134,8 @@ CPU_MT10 = Preset(
     name="cpu-mt10", tasks=("paper-mt10",), transitions_per_task=50_000, unet="tiny", pretrain_steps=10_000,
     pretrain_batch=256, pretrain_lr=1e-3, finetune_env_steps=40_000, finetune_num_envs=10, finetune_grad_steps=30,
     finetune_n_init=10, finetune_lr=1e-5, finetune_reg_weight=10.0, finetune_eval_every=10_000,
-    finetune_eval_episodes=10, eval_episodes=50, seeds=(0, 1, 2), ablation_tasks=("reach-v3", "sweep-into-v3", "window-open-v3"),
+    finetune_eval_episodes=10, eval_episodes=50, seeds=(0, 1, 2),
+    ablation_tasks=("reach-v3", "sweep-into-v3", "window-open-v3"),
     ablation=("none", "kl", "pl", "scratch"), unseen_tasks=("drawer-open-v3", "plate-slide-side-v3",
                                                             "handle-pull-side-v3"),
     budget="""\
