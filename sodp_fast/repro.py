@@ -61,7 +61,8 @@ class Preset(Options):
     ablation_tasks: tuple[str, ...] = opt(help="tasks also fine-tuned with each ablation variant (paper Fig. 5); "
                                           "none: no ablation")
     ablation: tuple[str, ...] = opt(("none",), "ablation variants: none, kl, pl (other regularisers than bc), "
-                                    "scratch (SODP_scratch: fresh weights after the init rollouts)")
+                                    "scratch (SODP_scratch: fresh weights after the init rollouts), bc-only (PPO "
+                                    "off: BC toward B_target alone)")
     unseen_tasks: tuple[str, ...] = opt((), "tasks left out of the pre-training data, fine-tuned with bc and from "
                                         "scratch (paper Table 3); none: no such study")
     finetune_reg_weight: float = opt(1.0, "lambda: weight of every variant's regulariser (paper: 1)")
@@ -89,7 +90,8 @@ class Preset(Options):
             raise ReproError(f"unseen tasks {', '.join(sorted(set(self.unseen_tasks) & set(self.tasks)))} are also "
                              "pre-training tasks; an unseen task must be left out of the data")
         if bad := [v for v in self.ablation if v not in VARIANTS or v == "bc"]:
-            raise ReproError(f"unknown ablation variant(s) {', '.join(bad)}; choose from none, kl, pl, scratch")
+            raise ReproError(f"unknown ablation variant(s) {', '.join(bad)}; choose from "
+                             f"{', '.join(v for v in VARIANTS if v != 'bc')}")
         if not self.seeds:
             raise ReproError("need at least one seed")
         check_device(self.device)
@@ -110,8 +112,10 @@ class Preset(Options):
 
 
 # What each variant of a fine-tuning run sets in FinetuneConfig (paper §5.4 regularisers, §5.5 SODP_scratch).
+# bc-only switches PPO off and keeps BC: the control for whether RL adds anything to imitating B_target.
 VARIANTS: dict[str, dict] = {"bc": {"reg": "bc"}, "none": {"reg": "none"}, "kl": {"reg": "kl"}, "pl": {"reg": "pl"},
-                             "scratch": {"reg": "bc", "from_scratch": True}}
+                             "scratch": {"reg": "bc", "from_scratch": True},
+                             "bc-only": {"reg": "bc", "ppo_weight": 0.0}}
 
 
 QUICKSTART = Preset(
@@ -136,20 +140,21 @@ CPU_MT10 = Preset(
     finetune_n_init=10, finetune_lr=1e-5, finetune_reg_weight=10.0, finetune_eval_every=10_000,
     finetune_eval_episodes=10, eval_episodes=50, seeds=(0, 1, 2),
     ablation_tasks=("reach-v3", "sweep-into-v3", "window-open-v3"),
-    ablation=("none", "kl", "pl", "scratch"), unseen_tasks=("drawer-open-v3", "plate-slide-side-v3",
-                                                            "handle-pull-side-v3"),
+    ablation=("none", "kl", "pl", "scratch", "bc-only"),
+    unseen_tasks=("drawer-open-v3", "plate-slide-side-v3", "handle-pull-side-v3"),
     budget="""\
-≈ 3 h on 2 CPU cores (measured stage times are in results.json): the paper's ten Table-6 tasks,
+≈ 3.3 h on 2 CPU cores (measured stage times are in results.json): the paper's ten Table-6 tasks,
 one multi-task pre-training, then per task and seed: SODP (bc) on all ten (Table 6), the regulariser ablation
-(none, kl, pl, scratch) on reach, sweep-into and window-open (Fig. 5; pre-trained 26 / 36 / 68 % in the
-calibration, so each has room to rise or fall), and bc vs scratch on three tasks left out of the data:
-drawer-open, plate-slide-side, handle-pull-side (Table 3). Pre-trained mean 33 % (the paper's: 32 %). 3 seeds;
-runs go seed by seed, so an interrupted study has complete tables for its first seeds. Resumable stage by stage.
+(none, kl, pl, scratch, and bc-only: PPO off) on reach, sweep-into and window-open (Fig. 5; pre-trained
+26 / 36 / 68 % in the calibration, so each has room to rise or fall), and bc vs scratch on three tasks left out
+of the data: drawer-open, plate-slide-side, handle-pull-side (Table 3). Pre-trained mean 33 % (the paper's:
+32 %). 3 seeds; runs go seed by seed, so an interrupted study has complete tables for its first seeds.
+Resumable stage by stage.
   data      10 × 50 k transitions (100 episodes per task), 2 processes (measured)         ≈ 2 min
   pretrain  tiny U-Net (236 k params), 10 k steps × batch 256 at 0.031 s/step (measured)  ≈ 5 min
-  eval      50 episodes 17-21 s (measured); 13 tasks × 3 seeds before, 84 runs after       ≈ 37 min
-  finetune  84 runs (30 bc, 36 ablation, 18 unseen) × 40 k env steps = 1 init + 7 update iterations of
-            10 envs × 30 grad steps, plus 5 curve points × 10 episodes: 74-94 s per run (measured) ≈ 2 h
+  eval      50 episodes 17-21 s (measured); 13 tasks × 3 seeds before, 93 runs after       ≈ 40 min
+  finetune  93 runs (30 bc, 45 ablation, 18 unseen) × 40 k env steps = 1 init + 7 update iterations of
+            10 envs × 30 grad steps, plus 5 curve points × 10 episodes: 85-175 s per run (measured) ≈ 2.5 h
 Budgets are cut ≈ 25× from the paper's 1 M env steps per task to fit. Fine-tuning lr 1e-5 (the paper's) with
 λ = 10, not 1: at λ = 1 PPO's noise collapsed good tiny planners at lr 1e-5 and lr 2e-6 left them unchanged; λ was
 chosen on button-press-wall and reach-wall, tasks outside this study (profiles/2026-12-02-cpu-2core-finetune-lambda/).

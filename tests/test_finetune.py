@@ -111,6 +111,23 @@ def test_kl_pl_scratch_variants_run(toy_ckpt, tmp_path):
             assert any(f"loss_{kw['reg']}" in r for r in rec)
 
 
+def test_ppo_weight_zero_leaves_ppo_no_say(toy_ckpt, tmp_path):
+    """``ppo_weight=0`` (repro's bc-only control) trains on BC alone: PPO's own options then change nothing, bit
+    for bit, while with PPO on the same change moves the weights."""
+    def weights(name, **kw):
+        finetune(toy_cfg(tmp_path / name, toy_ckpt, env_steps=3 * ITER, grad_steps=3, **kw), make_env=make_toy_env)
+        return load_planner(tmp_path / name / "model.safetensors")[0].state_dict()
+
+    ppo_opts = dict(clip_eps=0.5, reward_norm="none", signal="chunk")
+    off, off_other = weights("off", ppo_weight=0.0), weights("off-other", ppo_weight=0.0, **ppo_opts)
+    on, on_other = weights("on"), weights("on-other", **ppo_opts)
+    assert all(torch.equal(off[k], off_other[k]) for k in off)
+    assert not all(torch.equal(on[k], on_other[k]) for k in on)
+    assert not all(torch.equal(off[k], on[k]) for k in on)
+    with pytest.raises(FinetuneError, match="nothing to train"):
+        toy_cfg(tmp_path / "x", toy_ckpt, ppo_weight=0.0, reg="none")
+
+
 def test_offline_variant_uses_the_dataset(toy_ckpt, tmp_path):
     from sodp_fast.data.format import TaskData, write_manifest, write_task
 

@@ -177,7 +177,7 @@ def test_gains_are_paired_by_seed_and_checked_against_their_spread():
 def test_cpu_mt10_runs_the_issues_study_seed_by_seed():
     p = repro.CPU_MT10
     runs = p.finetune_runs()
-    assert len(p.tasks) == 10 and p.seeds == (0, 1, 2) and len(runs) == 3 * (10 + 3 * 4 + 3 * 2)
+    assert len(p.tasks) == 10 and p.seeds == (0, 1, 2) and len(runs) == 3 * (10 + 3 * 5 + 3 * 2)
     assert [s for _, _, s in runs] == sorted(s for _, _, s in runs)  # seed 0's tables complete first
-    assert {v for _, v, _ in runs} == {"bc", "none", "kl", "pl", "scratch"}
+    assert {v for _, v, _ in runs} == {"bc", "none", "kl", "pl", "scratch", "bc-only"}
     assert not set(p.unseen_tasks) & set(p.tasks) and set(p.ablation_tasks) <= set(p.tasks)

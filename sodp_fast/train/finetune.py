@@ -60,6 +60,8 @@ class FinetuneConfig(Options):
     grad_clip: float = opt(1.0, "max gradient norm")
     reg: str = opt("bc", "regulariser: bc (SODP), kl (DPOK-like), pl (DLPO-like), none", choices=REGULARIZERS)
     reg_weight: float = opt(1.0, "lambda: regulariser weight")
+    ppo_weight: float = opt(1.0, "weight of L_imp (Eq. 12); 0 trains on the regulariser alone, the control that "
+                            "shows what RL adds to BC", low=0)
     reward_norm: str = opt("step", "chunk-reward baseline of Eq. 12: step = per chunk index over the envs "
                            "(see sodp_fast/train/losses.py)", choices=REWARD_NORMS)
     signal: str = opt("return", "what weighs a chain in Eq. 12: return = the return-to-go from its chunk (this and "
@@ -94,6 +96,8 @@ class FinetuneConfig(Options):
             raise FinetuneError("need --lr > 0, 0 < --lr-decay <= 1, --clip-eps > 0 and --grad-clip > 0")
         if self.reg_weight < 0:
             raise FinetuneError(f"--reg-weight must be >= 0, got {self.reg_weight}")
+        if self.ppo_weight == 0 and (self.reg == "none" or self.reg_weight == 0):
+            raise FinetuneError("--ppo-weight 0 with no regulariser leaves nothing to train")
         check_device(self.device)
 
 
@@ -142,7 +146,7 @@ class Finetuner:
             batch = self.replay.sample(cfg.batch_size, adv, self.gen_update)
             l_imp, clip_frac, approx_kl = improvement_loss(planner, batch, cfg.clip_eps, cfg.log_ratio)
             reg = regularizer(cfg.reg, planner, batch, self.target, self.reference, cfg.batch_size, self.gen_update)
-            loss = l_imp if reg is None else l_imp + cfg.reg_weight * reg
+            loss = cfg.ppo_weight * l_imp if reg is None else cfg.ppo_weight * l_imp + cfg.reg_weight * reg
             if not torch.isfinite(loss):
                 raise DivergedError(f"loss became {loss.item()} at gradient step {self.grad_steps + 1} "
                                     f"(iteration {self.iteration}, {self.env_steps} env steps); the last good "
