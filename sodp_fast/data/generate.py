@@ -6,8 +6,9 @@ last episode of the task), each step takes a uniform random action with probabil
 the expert's action plus Gaussian noise of std ``sigma(p)``, clipped to [-1, 1]; both anneal along p**power.
 
 Calibration: one schedule per difficulty class of Seo et al. (the paper's split); easy tasks are solved even by a
-mostly random policy, so theirs stays noisier (``sodp data inspect`` reports success by episode quintile).  Every episode is a pure function of (seed, task, episode number), so output is
-bit-identical for any number of workers; a rerun skips complete tasks.
+mostly random policy, so theirs stays noisier (``sodp data inspect`` reports success by episode quintile). Every
+episode is a pure function of (seed, task, episode number), so output is bit-identical for any number of workers;
+a rerun skips complete tasks.
 """
 from __future__ import annotations
 
