@@ -115,10 +115,11 @@ def test_rerun_redoes_only_the_stages_without_a_marker(finished, tmp_path, monke
 def test_a_killed_run_resumes_the_killed_stage_from_its_checkpoint(finished):
     out, _, at_kill, resumed = finished
     assert set(at_kill) == {"data.json", "pretrain.json", "eval-pretrained.json", "finetune_reach-v3-bc-s0.json",
-                            "eval_reach-v3-bc-s0.json", "finetune_push-v3-bc-s0.json", "eval_push-v3-bc-s0.json"}
+                            "eval_reach-v3-bc-s0.json"}
     assert {k: v for k, v in markers(out).items() if k in at_kill} == at_kill  # finished stages not redone
-    # the killed stage ran again from its own checkpoint; the two scratch runs after it started fresh
-    assert resumed == [("none", True), ("bc", False), ("bc", False)]
+    # the killed stage ran again from its own checkpoint; the runs after it (reach scratch, then the unseen
+    # table's bc and scratch on push) started fresh
+    assert resumed == [("none", True), ("bc", False), ("bc", False), ("bc", False)]
 
 
 def test_other_options_on_an_existing_run_are_refused(finished, tmp_path):
@@ -174,10 +175,12 @@ def test_gains_are_paired_by_seed_and_checked_against_their_spread():
     assert repro.compare([0.5], [0.2])["beyond_spread"] is None
 
 
-def test_cpu_mt10_runs_the_issues_study_seed_by_seed():
+def test_cpu_mt10_runs_the_issues_study_table_by_table():
     p = repro.CPU_MT10
     runs = p.finetune_runs()
     assert len(p.tasks) == 10 and p.seeds == (0, 1, 2) and len(runs) == 3 * (10 + 3 * 5 + 3 * 2)
-    assert [s for _, _, s in runs] == sorted(s for _, _, s in runs)  # seed 0's tables complete first
+    main = [(t, "bc", s) for s in p.seeds for t in p.tasks]
+    assert runs[:len(main)] == main  # the goal's table complete over all seeds first, then the ablation's
+    assert {v for _, v, _ in runs[len(main):len(main) + 3 * 3 * 5]} == set(p.ablation)
     assert {v for _, v, _ in runs} == {"bc", "none", "kl", "pl", "scratch", "bc-only"}
     assert not set(p.unseen_tasks) & set(p.tasks) and set(p.ablation_tasks) <= set(p.tasks)
