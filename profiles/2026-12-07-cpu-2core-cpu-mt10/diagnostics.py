@@ -2,7 +2,7 @@
 
     python3 -P diagnostics.py RUN_FOLDER > diagnostics.md
 
-Per variant, over every (task, seed) run it has: Adam steps, mean and max PPO clip fraction, mean approximate KL
+Per variant, over every finished (task, seed) run it has: Adam steps, mean and max PPO clip fraction, mean approximate KL
 per update iteration, gradient norm before clipping, and the mean curve of evaluation success (10 episodes per
 point) over the runs. Reads only ``finetune/<label>/metrics.jsonl`` and ``repro.json``.
 """
@@ -24,6 +24,8 @@ for folder in sorted((run / "finetune").iterdir()):
     recs = [json.loads(line) for line in open(folder / "metrics.jsonl")]
     upd = [r for r in recs if "clip_frac" in r]
     curve = {r["step"]: r["eval_success_rate"] for r in recs if "eval_success_rate" in r}
+    if max(curve) < cfg["env_steps"]:
+        continue  # unfinished
     by_variant[variant].append({"task": cfg["task"], "seed": cfg["seed"], "steps": cfg["grad_steps"] * len(upd),
                                 "clip": [r["clip_frac"] for r in upd], "kl": [r["approx_kl"] for r in upd],
                                 "gnorm": [r["grad_norm"] for r in upd], "curve": curve})
