@@ -143,19 +143,18 @@ CPU_MT10 = Preset(
     ablation=("none", "kl", "pl", "scratch", "bc-only"),
     unseen_tasks=("drawer-open-v3", "plate-slide-side-v3", "handle-pull-side-v3"),
     budget="""\
-≈ 3.3 h on 2 CPU cores (measured stage times are in results.json): the paper's ten Table-6 tasks,
+≈ 4 h on 2 CPU cores (measured stage times are in results.json): the paper's ten Table-6 tasks,
 one multi-task pre-training, then per task and seed: SODP (bc) on all ten (Table 6), the regulariser ablation
 (none, kl, pl, scratch, and bc-only: PPO off) on reach, sweep-into and window-open (Fig. 5; pre-trained
 26 / 36 / 68 % in the calibration, so each has room to rise or fall), and bc vs scratch on three tasks left out
 of the data: drawer-open, plate-slide-side, handle-pull-side (Table 3). Pre-trained mean 33 % (the paper's:
 32 %). 3 seeds; runs go table by table (main, ablation, unseen), so an interrupted study has its first tables
-complete over all seeds.
-Resumable stage by stage.
-  data      10 × 50 k transitions (100 episodes per task), 2 processes (measured)         ≈ 2 min
+complete over all seeds. Resumable stage by stage.
+  data      10 × 50 k transitions (100 episodes per task), 2 processes (measured)         ≈ 1 min
   pretrain  tiny U-Net (236 k params), 10 k steps × batch 256 at 0.031 s/step (measured)  ≈ 5 min
-  eval      50 episodes 17-21 s (measured); 13 tasks × 3 seeds before, 93 runs after       ≈ 40 min
+  eval      50 episodes 18-36 s (measured); 13 tasks × 3 seeds before, 93 runs after       ≈ 50 min
   finetune  93 runs (30 bc, 45 ablation, 18 unseen) × 40 k env steps = 1 init + 7 update iterations of
-            10 envs × 30 grad steps, plus 5 curve points × 10 episodes: 85-175 s per run (measured) ≈ 2.5 h
+            10 envs × 30 grad steps, plus 5 curve points × 10 episodes: 83-180 s per run (measured) ≈ 3 h
 Budgets are cut ≈ 25× from the paper's 1 M env steps per task to fit. Fine-tuning lr 1e-5 (the paper's) with
 λ = 10, not 1: at λ = 1 PPO's noise collapsed good tiny planners at lr 1e-5 and lr 2e-6 left them unchanged; λ was
 chosen on button-press-wall and reach-wall, tasks outside this study (profiles/2026-12-02-cpu-2core-finetune-lambda/).
