@@ -109,6 +109,8 @@ def test_kl_pl_scratch_variants_run(toy_ckpt, tmp_path):
         rec = [json.loads(l) for l in open(out / "metrics.jsonl")]
         if kw["reg"] in ("kl", "pl"):
             assert any(f"loss_{kw['reg']}" in r for r in rec)
+        if kw["reg"] == "kl":  # the reference stays the pre-trained planner while the planner moves away
+            assert [r["loss_kl"] for r in rec if "loss_kl" in r][-1] > 0
 
 
 def test_ppo_weight_zero_leaves_ppo_no_say(toy_ckpt, tmp_path):

@@ -16,6 +16,7 @@ iteration and ends bit-identical (on CPU) to one that never stopped. Evaluation 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -204,17 +205,15 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, make_env=None) -> dict:
     device = resolve_device(cfg.device)
     with TrainingRun(cfg, STATE_KIND, STATE_FILE, resume) as run, contextlib.ExitStack() as stack:
         resumed = run.resume_state()
-        if resumed is not None:
-            planner = planner_from_state(run.state_path, *resumed).to(device)
-        elif not cfg.ckpt:
-            raise FinetuneError("--ckpt (the pre-trained planner) is required")
-        else:
-            planner, _, _ = load_planner(cfg.ckpt, device)
+        needs_ckpt = resumed is None or cfg.reg == "kl"  # the start of a fresh run; always the KL reference
+        if needs_ckpt and not cfg.ckpt:
+            raise FinetuneError("--ckpt (the pre-trained planner) is required"
+                                + ("" if resumed is None else " as the KL reference"))
+        pretrained = load_planner(cfg.ckpt, device)[0] if needs_ckpt else None  # read once for both uses
+        planner = pretrained if resumed is None else planner_from_state(run.state_path, *resumed).to(device)
         reference = None
         if cfg.reg == "kl":
-            if not cfg.ckpt:
-                raise FinetuneError("--reg kl needs --ckpt (the pre-trained model is the KL reference)")
-            reference, _, _ = load_planner(cfg.ckpt, device)
+            reference = copy.deepcopy(pretrained) if resumed is None else pretrained
             reference.requires_grad_(False).eval()
         c = planner.config
         if make_env is None:
