@@ -1,10 +1,13 @@
-"""Table of the λ / lr runs: success at 0 / 20 k / 40 k env steps (50 deterministic episodes each), training-rollout
-success per iteration, largest PPO clip fraction and approximate KL. Run from this folder: python3 aggregate.py"""
+"""Table of fine-tuning runs: success at each evaluation (50 deterministic episodes each), training-rollout success
+per iteration, largest PPO clip fraction and approximate KL. ``python3 aggregate.py [RUNS]``: RUNS defaults to this
+folder's runs/ (the λ / lr runs); the budget profile passes its own."""
 import glob
 import json
 import os
+import sys
 
-for f in sorted(glob.glob(os.path.join(os.path.dirname(__file__) or ".", "runs", "*", "metrics.jsonl"))):
+runs = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__) or ".", "runs")
+for f in sorted(glob.glob(os.path.join(runs, "*", "metrics.jsonl"))):
     ds = [json.loads(line) for line in open(f)]
     ev = " ".join(f"{d['step'] // 1000}k:{d['eval_success_rate']:.2f}" for d in ds if "eval_success_rate" in d)
     tr = " ".join(f"{d['train_success_rate']:.1f}" for d in ds if "train_success_rate" in d)
